@@ -1,0 +1,201 @@
+"""Torch versions of every op: the CPU runtime path and the reference the Triton kernels are tested against.
+
+Shape conventions (T = packed tokens of a batch, B = sequences, Hq / Hk = query / kv heads,
+D = head_dim, N = KV blocks, S = block_size, V = vocabulary):
+
+* ``k_cache`` / ``v_cache``: ``[N, S, Hk, D]``; token ``p`` of a sequence lives in block
+  ``block_tables[b, p // S]`` at offset ``p % S``; its flat slot is ``block * S + p % S``.
+* ``context_lens[b]``: tokens of sequence ``b`` in the cache *including* this step's new ones.
+* ``cu_seqlens_q``: ``[B + 1]`` offsets of each sequence's new tokens in the packed batch; the
+  ``j``-th new token of ``b`` sits at absolute position ``context_lens[b] - q_len_b + j`` and
+  attends causally to cache positions ``0 .. that position``.
+
+Ops that mutate say so; all others return new tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``x * rsqrt(mean(x^2) + eps) * weight`` over the last dim, computed in fp32, cast back."""
+    x32 = x.float()
+    variance = x32.pow(2).mean(-1, keepdim=True)
+    normed = x32 * torch.rsqrt(variance + eps)
+    return weight * normed.to(x.dtype)
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns ``(x + residual, rms_norm(x + residual))``; inputs are not modified."""
+    summed = x + residual
+    return summed, rms_norm(summed, weight, eps)
+
+
+def rope_cos_sin_cache(
+    head_dim: int, max_positions: int, rope_theta: float, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """``[max_positions, head_dim]`` float32: cos of the D/2 frequencies, then their sin."""
+    inv_freq = 1.0 / (
+        rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim)
+    )
+    t = torch.arange(max_positions, dtype=torch.int64, device=device).float()
+    freqs = torch.outer(t, inv_freq)
+    return torch.cat([freqs.cos(), freqs.sin()], dim=-1)
+
+
+def rotary_embedding(
+    q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor
+) -> None:
+    """Rotate-half RoPE (Qwen2 / GPT-NeoX layout), **in place** on ``q [T, Hq, D]`` and ``k [T, Hk, D]``.
+
+    ``positions [T]`` int64 are absolute positions; ``cos_sin_cache`` comes from
+    :func:`rope_cos_sin_cache`. cos/sin are cast to the activations' dtype before use (as HF does).
+    """
+    half = q.shape[-1] // 2
+    cs = cos_sin_cache.index_select(0, positions)
+    cos = cs[:, :half].unsqueeze(1)
+    sin = cs[:, half:].unsqueeze(1)
+    for x in (q, k):
+        c, s = cos.to(x.dtype), sin.to(x.dtype)
+        x1 = x[..., :half].clone()
+        x2 = x[..., half:]
+        # [x1, x2] -> [x1*cos - x2*sin, x2*cos + x1*sin]
+        x[..., :half] = x1 * c - x2 * s
+        x[..., half:] = x2 * c + x1 * s
+
+
+def store_kv_cache(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Write rows ``k, v [T, Hk, D]`` into the paged caches at flat slots ``slot_mapping [T]``, **in place**.
+
+    A slot of -1 marks a padding row and writes nothing.
+    """
+    num_blocks, block_size = k_cache.shape[:2]
+    valid = slot_mapping >= 0
+    slots = slot_mapping[valid]
+    k_cache.view(num_blocks * block_size, *k_cache.shape[2:])[slots] = k[valid].to(k_cache.dtype)
+    v_cache.view(num_blocks * block_size, *v_cache.shape[2:])[slots] = v[valid].to(v_cache.dtype)
+
+
+def _gather_slots(block_table: torch.Tensor, length: int, block_size: int) -> torch.Tensor:
+    """Flat cache slots of positions ``0 .. length-1`` of one sequence."""
+    pos = torch.arange(length, device=block_table.device)
+    return block_table[pos // block_size].long() * block_size + pos % block_size
+
+
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """One query token per sequence: ``q [B, Hq, D]`` over its ``context_lens[b]`` cached tokens.
+
+    Grouped-query attention: query head ``h`` reads kv head ``h // (Hq // Hk)``. Softmax in fp32.
+    Returns ``[B, Hq, D]`` in q's dtype.
+    """
+    num_seqs, num_q_heads, head_dim = q.shape
+    num_blocks, block_size, num_kv_heads, _ = k_cache.shape
+    group = num_q_heads // num_kv_heads
+    lens = [int(n) for n in context_lens.tolist()]
+    max_len = max(lens) if lens else 0
+    out = torch.empty_like(q)
+    if num_seqs == 0:
+        return out
+    idx = torch.zeros(num_seqs, max_len, dtype=torch.long, device=q.device)
+    for b, n in enumerate(lens):
+        idx[b, :n] = _gather_slots(block_tables[b], n, block_size)
+    flat_k = k_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
+    flat_v = v_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
+    keys = flat_k[idx].float()  # [B, L, Hk, D]
+    values = flat_v[idx].float()
+    qg = q.float().view(num_seqs, num_kv_heads, group, head_dim)
+    scores = torch.einsum("bhgd,blhd->bhgl", qg, keys) * scale
+    pad = torch.arange(max_len, device=q.device)[None, :] >= context_lens.to(q.device).long()[:, None]
+    scores.masked_fill_(pad[:, None, None, :], float("-inf"))
+    probs = scores.softmax(dim=-1)
+    out = torch.einsum("bhgl,blhd->bhgd", probs, values)
+    return out.reshape(num_seqs, num_q_heads, head_dim).to(q.dtype)
+
+
+def prefill_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    context_lens: torch.Tensor,
+    block_tables: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Causal attention of a packed variable-length batch ``q [T, Hq, D]`` over the paged cache.
+
+    The new tokens' k/v must already be stored in the cache; keys before them (a cached
+    prefix, or earlier chunks of a chunked prefill) are read from the same cache.
+    Returns ``[T, Hq, D]`` in q's dtype.
+    """
+    num_tokens, num_q_heads, head_dim = q.shape
+    num_blocks, block_size, num_kv_heads, _ = k_cache.shape
+    group = num_q_heads // num_kv_heads
+    flat_k = k_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
+    flat_v = v_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
+    out = torch.empty_like(q)
+    starts = cu_seqlens_q.tolist()
+    for b, ctx in enumerate(context_lens.tolist()):
+        lo, hi = starts[b], starts[b + 1]
+        q_len = hi - lo
+        if q_len == 0:
+            continue
+        slots = _gather_slots(block_tables[b], int(ctx), block_size)
+        keys = flat_k[slots]  # [L, Hk, D]
+        values = flat_v[slots]
+        qs = q[lo:hi].transpose(0, 1)  # [Hq, Lq, D]
+        ks = keys.transpose(0, 1).repeat_interleave(group, dim=0)  # [Hq, L, D]
+        vs = values.transpose(0, 1).repeat_interleave(group, dim=0)
+        # query j (absolute position ctx - q_len + j) sees keys 0 .. ctx - q_len + j
+        q_pos = torch.arange(ctx - q_len, ctx, device=q.device)[:, None]
+        k_pos = torch.arange(ctx, device=q.device)[None, :]
+        mask = k_pos <= q_pos
+        if q.dtype == torch.float32 or q.device.type != "cpu":
+            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale)
+        else:
+            scores = torch.matmul(qs.float(), ks.float().transpose(1, 2)) * scale
+            scores.masked_fill_(~mask, float("-inf"))
+            o = torch.matmul(scores.softmax(-1), vs.float()).to(q.dtype)
+        out[lo:hi] = o.transpose(0, 1)
+    return out
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """``silu(x[..., :I]) * x[..., I:]`` for ``x [..., 2I]``; returns ``[..., I]``."""
+    half = x.shape[-1] // 2
+    return F.silu(x[..., :half]) * x[..., half:]
+
+
+def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> None:
+    """Set disallowed logits to -inf, **in place**.
+
+    ``logits [B, V]`` float; ``bitmask [B, ceil(V / 32)]`` int32 where bit ``j`` of word ``w``
+    set means token ``32 * w + j`` is allowed. Tokens past the mask's coverage are disallowed.
+    """
+    num_rows, vocab = logits.shape
+    words = bitmask.shape[1]
+    bits = torch.arange(32, dtype=torch.int32, device=bitmask.device)
+    allowed = ((bitmask.unsqueeze(-1) >> bits) & 1).bool().view(num_rows, words * 32)
+    if words * 32 >= vocab:
+        allowed = allowed[:, :vocab]
+    else:
+        allowed = torch.cat(
+            [allowed, torch.zeros(num_rows, vocab - words * 32, dtype=torch.bool, device=logits.device)], dim=1
+        )
+    logits.masked_fill_(~allowed.to(logits.device), float("-inf"))

@@ -1,0 +1,242 @@
+"""The Qwen2 / Qwen2.5 decoder forward pass over a paged KV cache.
+
+Every op goes through :class:`tritonlm.kernels.Ops` (one backend chosen at construction);
+the forward never branches on the device. Linear layers are plain ``F.linear`` (q/k/v and
+gate/up are fused into one matmul each).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from tritonlm.errors import ModelLoadError
+from tritonlm.kernels import Ops, get_ops
+from tritonlm.kernels.reference import rope_cos_sin_cache
+from tritonlm.model.attention import AttentionMetadata, KVCache
+from tritonlm.model.config import Qwen2Config
+
+
+@dataclass
+class LayerWeights:
+    input_norm: torch.Tensor  # [H]
+    qkv_weight: torch.Tensor  # [q_size + 2 * kv_size, H]
+    qkv_bias: torch.Tensor  # [q_size + 2 * kv_size]
+    o_weight: torch.Tensor  # [H, q_size]
+    post_norm: torch.Tensor  # [H]
+    gate_up_weight: torch.Tensor  # [2 * I, H]  (gate rows first, then up)
+    down_weight: torch.Tensor  # [H, I]
+
+
+def hf_weight_names(config: Qwen2Config) -> list[str]:
+    """The HF ``Qwen2ForCausalLM`` state-dict names this model needs."""
+    names = ["model.embed_tokens.weight", "model.norm.weight"]
+    for i in range(config.num_hidden_layers):
+        p = f"model.layers.{i}."
+        names += [p + "input_layernorm.weight", p + "post_attention_layernorm.weight"]
+        for proj in ("q", "k", "v"):
+            names += [p + f"self_attn.{proj}_proj.weight", p + f"self_attn.{proj}_proj.bias"]
+        names += [p + "self_attn.o_proj.weight"]
+        names += [p + f"mlp.{proj}_proj.weight" for proj in ("gate", "up", "down")]
+    if not config.tie_word_embeddings:
+        names.append("lm_head.weight")
+    return names
+
+
+class Qwen2ForCausalLM:
+    """Weights plus the forward pass. Not an ``nn.Module``: inference only, no autograd."""
+
+    def __init__(
+        self,
+        config: Qwen2Config,
+        state_dict: Mapping[str, torch.Tensor],
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        ops: Ops | None = None,
+    ) -> None:
+        self.config = config
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.ops = ops or get_ops("torch")
+        missing = [n for n in hf_weight_names(config) if n not in state_dict]
+        if missing:
+            raise ModelLoadError(f"checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
+
+        def take(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+            t = state_dict[name]
+            if tuple(t.shape) != shape:
+                raise ModelLoadError(f"tensor {name}: shape {tuple(t.shape)}, expected {shape}")
+            return t.to(device=self.device, dtype=dtype)
+
+        c = config
+        h, q, kv, inter = c.hidden_size, c.q_size, c.kv_size, c.intermediate_size
+        self.embed_tokens = take("model.embed_tokens.weight", (c.vocab_size, h)).contiguous()
+        self.norm = take("model.norm.weight", (h,))
+        self.layers: list[LayerWeights] = []
+        for i in range(c.num_hidden_layers):
+            p = f"model.layers.{i}."
+            self.layers.append(
+                LayerWeights(
+                    input_norm=take(p + "input_layernorm.weight", (h,)),
+                    qkv_weight=torch.cat(
+                        [
+                            take(p + "self_attn.q_proj.weight", (q, h)),
+                            take(p + "self_attn.k_proj.weight", (kv, h)),
+                            take(p + "self_attn.v_proj.weight", (kv, h)),
+                        ]
+                    ).contiguous(),
+                    qkv_bias=torch.cat(
+                        [
+                            take(p + "self_attn.q_proj.bias", (q,)),
+                            take(p + "self_attn.k_proj.bias", (kv,)),
+                            take(p + "self_attn.v_proj.bias", (kv,)),
+                        ]
+                    ).contiguous(),
+                    o_weight=take(p + "self_attn.o_proj.weight", (h, q)).contiguous(),
+                    post_norm=take(p + "post_attention_layernorm.weight", (h,)),
+                    gate_up_weight=torch.cat(
+                        [take(p + "mlp.gate_proj.weight", (inter, h)), take(p + "mlp.up_proj.weight", (inter, h))]
+                    ).contiguous(),
+                    down_weight=take(p + "mlp.down_proj.weight", (h, inter)).contiguous(),
+                )
+            )
+        if c.tie_word_embeddings:
+            self.lm_head = self.embed_tokens
+        else:
+            self.lm_head = take("lm_head.weight", (c.vocab_size, h)).contiguous()
+        self.cos_sin_cache = rope_cos_sin_cache(c.head_dim, c.max_position_embeddings, c.rope_theta, self.device)
+        self.scale = c.head_dim**-0.5
+
+    # ------------------------------------------------------------------------------------
+    @classmethod
+    def random(
+        cls,
+        config: Qwen2Config,
+        *,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        ops: Ops | None = None,
+    ) -> Qwen2ForCausalLM:
+        """A model with random weights (tests and benches)."""
+        return cls(config, random_state_dict(config, seed=seed), dtype=dtype, device=device, ops=ops)
+
+    def allocate_kv_cache(self, num_blocks: int, block_size: int) -> KVCache:
+        c = self.config
+        return KVCache.allocate(
+            c.num_hidden_layers, num_blocks, block_size, c.num_key_value_heads, c.head_dim, self.dtype, self.device
+        )
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """HF-named tensors (un-fused), e.g. to save the model as a HF folder."""
+        c = self.config
+        q, kv, inter = c.q_size, c.kv_size, c.intermediate_size
+        out = {"model.embed_tokens.weight": self.embed_tokens, "model.norm.weight": self.norm}
+        for i, lw in enumerate(self.layers):
+            p = f"model.layers.{i}."
+            out[p + "input_layernorm.weight"] = lw.input_norm
+            out[p + "post_attention_layernorm.weight"] = lw.post_norm
+            for name, (w, b) in zip(
+                ("q", "k", "v"),
+                zip(lw.qkv_weight.split([q, kv, kv]), lw.qkv_bias.split([q, kv, kv]), strict=True),
+                strict=True,
+            ):
+                out[p + f"self_attn.{name}_proj.weight"] = w.contiguous()
+                out[p + f"self_attn.{name}_proj.bias"] = b.contiguous()
+            out[p + "self_attn.o_proj.weight"] = lw.o_weight
+            gate, up = lw.gate_up_weight.split([inter, inter])
+            out[p + "mlp.gate_proj.weight"] = gate.contiguous()
+            out[p + "mlp.up_proj.weight"] = up.contiguous()
+            out[p + "mlp.down_proj.weight"] = lw.down_weight
+        if not c.tie_word_embeddings:
+            out["lm_head.weight"] = self.lm_head
+        return out
+
+    # ------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        attn: AttentionMetadata,
+        kv_cache: KVCache,
+    ) -> torch.Tensor:
+        """Packed tokens ``input_ids [T]`` at ``positions [T]`` -> final hidden states ``[T, H]``.
+
+        Mutates ``kv_cache``: the new tokens' k/v are written at ``attn.slot_mapping``.
+        """
+        ops, c = self.ops, self.config
+        num_tokens = input_ids.shape[0]
+        eps = c.rms_norm_eps
+        q_size, kv_size = c.q_size, c.kv_size
+        hidden = F.embedding(input_ids, self.embed_tokens)
+        residual: torch.Tensor | None = None
+        for i, lw in enumerate(self.layers):
+            if residual is None:
+                residual, x = hidden, ops.rms_norm(hidden, lw.input_norm, eps)
+            else:
+                residual, x = ops.fused_add_rms_norm(hidden, residual, lw.input_norm, eps)
+            qkv = F.linear(x, lw.qkv_weight, lw.qkv_bias)
+            q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+            q = q.reshape(num_tokens, c.num_attention_heads, c.head_dim)
+            k = k.reshape(num_tokens, c.num_key_value_heads, c.head_dim)
+            v = v.reshape(num_tokens, c.num_key_value_heads, c.head_dim)
+            ops.rotary_embedding(q, k, positions, self.cos_sin_cache)
+            k_cache, v_cache = kv_cache.k[i], kv_cache.v[i]
+            ops.store_kv_cache(k, v, k_cache, v_cache, attn.slot_mapping)
+            if attn.is_decode:
+                o = ops.paged_decode_attention(
+                    q, k_cache, v_cache, attn.block_tables, attn.context_lens, self.scale
+                )
+            else:
+                o = ops.prefill_attention(
+                    q, k_cache, v_cache, attn.cu_seqlens_q, attn.context_lens, attn.block_tables, self.scale
+                )
+            hidden = F.linear(o.reshape(num_tokens, q_size), lw.o_weight)
+            residual, x = ops.fused_add_rms_norm(hidden, residual, lw.post_norm, eps)
+            hidden = F.linear(ops.silu_and_mul(F.linear(x, lw.gate_up_weight)), lw.down_weight)
+        if residual is None:
+            return ops.rms_norm(hidden, self.norm, eps)
+        _, out = ops.fused_add_rms_norm(hidden, residual, self.norm, eps)
+        return out
+
+    __call__ = forward
+
+    @torch.inference_mode()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden [N, H]`` -> logits ``[N, V]`` in float32 (the matmul runs in the model dtype)."""
+        return F.linear(hidden, self.lm_head).float()
+
+
+def random_state_dict(config: Qwen2Config, *, seed: int = 0, std: float = 0.02) -> dict[str, torch.Tensor]:
+    """HF-named random float32 weights for ``config`` (norm weights around 1, biases small)."""
+    gen = torch.Generator().manual_seed(seed)
+    c = config
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (c.vocab_size, c.hidden_size)}
+    shapes["model.norm.weight"] = (c.hidden_size,)
+    for i in range(c.num_hidden_layers):
+        p = f"model.layers.{i}."
+        shapes[p + "input_layernorm.weight"] = (c.hidden_size,)
+        shapes[p + "post_attention_layernorm.weight"] = (c.hidden_size,)
+        for name, out in (("q", c.q_size), ("k", c.kv_size), ("v", c.kv_size)):
+            shapes[p + f"self_attn.{name}_proj.weight"] = (out, c.hidden_size)
+            shapes[p + f"self_attn.{name}_proj.bias"] = (out,)
+        shapes[p + "self_attn.o_proj.weight"] = (c.hidden_size, c.q_size)
+        shapes[p + "mlp.gate_proj.weight"] = (c.intermediate_size, c.hidden_size)
+        shapes[p + "mlp.up_proj.weight"] = (c.intermediate_size, c.hidden_size)
+        shapes[p + "mlp.down_proj.weight"] = (c.hidden_size, c.intermediate_size)
+    if not c.tie_word_embeddings:
+        shapes["lm_head.weight"] = (c.vocab_size, c.hidden_size)
+    out: dict[str, torch.Tensor] = {}
+    for name, shape in shapes.items():
+        if name.endswith("norm.weight"):
+            out[name] = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+        elif name.endswith(".bias"):
+            out[name] = 0.1 * torch.randn(shape, generator=gen)
+        else:
+            out[name] = std * torch.randn(shape, generator=gen) * (5.0 if "embed" in name else 1.0)
+    return out
