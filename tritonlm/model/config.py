@@ -197,8 +197,8 @@ class Qwen2Config:
             num_attention_heads=num_heads,
             num_key_value_heads=int(get("attention.head_count_kv", num_heads)),
             head_dim=int(head_dim) if head_dim is not None else None,
-            rope_theta=float(get("rope.freq_base", 10000.0)),
-            rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-6)),
+            rope_theta=_f32(get("rope.freq_base", 10000.0)),
+            rms_norm_eps=_f32(get("attention.layer_norm_rms_epsilon", 1e-6)),
             tie_word_embeddings=not has_output,
             max_position_embeddings=int(get("context_length", 32768)),
             bos_token_id=_opt_int(meta.get("tokenizer.ggml.bos_token_id")),
@@ -211,6 +211,13 @@ class Qwen2Config:
         d = asdict(self)
         d.pop("extra")
         return d
+
+
+def _f32(value: Any) -> float:
+    """A float32 GGUF value as the shortest decimal that round-trips (9.99999997e-07 -> 1e-06)."""
+    import numpy as np
+
+    return float(str(np.float32(value)))
 
 
 def _opt_int(value: Any) -> int | None:

@@ -1,0 +1,3 @@
+from tritonlm.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,322 @@
+"""Load Qwen2 weights and tokenizer from a HF folder, a GGUF file, a hub id, or the default model.
+
+Every failure to read a file is a :class:`ModelLoadError` that names the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tritonlm.errors import ConfigError, ModelLoadError
+from tritonlm.kernels import Ops, get_ops
+from tritonlm.model.config import Qwen2Config
+from tritonlm.model.qwen2 import Qwen2ForCausalLM
+from tritonlm.model.tokenizer import Tokenizer
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# GGUF tensor name (after "blk.{i}.") -> HF name (after "model.layers.{i}.")
+_GGUF_LAYER_NAMES: dict[str, str] = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+_GGUF_GLOBAL_NAMES: dict[str, str] = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+# Tensor types whose dequantization this loader supports (the default model uses the first five).
+SUPPORTED_GGUF_TYPES = ("F32", "Q8_0", "Q5_0", "Q4_K", "Q6_K", "F16", "BF16", "Q4_0", "Q5_K", "Q8_K")
+
+
+def gguf_to_hf_name(name: str) -> str | None:
+    """``blk.3.attn_q.weight`` -> ``model.layers.3.self_attn.q_proj.weight``; None if unknown."""
+    if name in _GGUF_GLOBAL_NAMES:
+        return _GGUF_GLOBAL_NAMES[name]
+    parts = name.split(".", 2)
+    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in _GGUF_LAYER_NAMES:
+        return f"model.layers.{parts[1]}.{_GGUF_LAYER_NAMES[parts[2]]}"
+    return None
+
+
+def unpermute_qk(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Undo llama.cpp's Q/K row permutation for interleaved-RoPE ("llama") exports.
+
+    llama.cpp's converter reorders each head's rows from rotate-half order
+    ``[r0..r(d/2-1), i0..i(d/2-1)]`` to interleaved ``[r0, i0, r1, i1, ...]``. Qwen2 GGUFs use
+    NeoX (rotate-half) RoPE and are *not* permuted; this is applied only to ``llama`` exports.
+    """
+    rows = weight.shape[0]
+    head_dim = rows // num_heads
+    return weight.reshape(num_heads, head_dim // 2, 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
+
+
+def permute_qk(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """The permutation llama.cpp applies (inverse of :func:`unpermute_qk`)."""
+    rows = weight.shape[0]
+    head_dim = rows // num_heads
+    return weight.reshape(num_heads, 2, head_dim // 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# GGUF
+# ---------------------------------------------------------------------------------------------
+class GGUFFile:
+    """A parsed GGUF file: metadata as Python values and lazily dequantized tensors."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelLoadError(f"{self.path}: no such GGUF file")
+        import gguf
+
+        size = self.path.stat().st_size
+        try:
+            self._reader = gguf.GGUFReader(str(self.path), "r")
+        except Exception as exc:
+            raise ModelLoadError(f"{self.path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from exc
+        for t in self._reader.tensors:
+            end = int(t.data_offset) + int(t.n_bytes)
+            if end > size:
+                raise ModelLoadError(
+                    f"{self.path}: truncated: tensor {t.name} ends at byte {end}, the file has {size}"
+                )
+        try:
+            self.metadata: dict[str, Any] = {k: self._field_value(f) for k, f in self._reader.fields.items()}
+        except Exception as exc:
+            raise ModelLoadError(f"{self.path}: corrupted metadata ({type(exc).__name__}: {exc})") from exc
+        self.tensors = {t.name: t for t in self._reader.tensors}
+
+    @staticmethod
+    def _field_value(field: Any) -> Any:
+        import gguf
+
+        types = field.types
+        if types and types[0] == gguf.GGUFValueType.ARRAY and len(types) > 1 and types[1] == gguf.GGUFValueType.STRING:
+            parts = field.parts
+            return [bytes(parts[i]).decode("utf-8", errors="surrogateescape") for i in field.data]
+        return field.contents()
+
+    def config(self) -> Qwen2Config:
+        embed = self.tensors.get("token_embd.weight")
+        if embed is None:
+            raise ModelLoadError(f"{self.path}: no token_embd.weight tensor")
+        vocab = int(embed.shape[-1])
+        try:
+            return Qwen2Config.from_gguf_metadata(self.metadata, vocab_size=vocab, has_output="output.weight" in self.tensors)
+        except ConfigError as exc:
+            raise ModelLoadError(f"{self.path}: {exc}") from exc
+
+    def tokenizer(self) -> Tokenizer:
+        return Tokenizer.from_gguf_metadata(self.metadata)
+
+    def dequantize(self, name: str) -> np.ndarray:
+        """One tensor as float32 numpy in PyTorch layout (``[out, in]`` for matrices)."""
+        import gguf
+
+        t = self.tensors[name]
+        qtype = gguf.GGMLQuantizationType(int(t.tensor_type))
+        if qtype.name not in SUPPORTED_GGUF_TYPES:
+            raise ModelLoadError(f"{self.path}: tensor {name} has unsupported type {qtype.name}")
+        try:
+            if qtype == gguf.GGMLQuantizationType.F32:
+                arr = np.array(t.data, dtype=np.float32)
+            elif qtype == gguf.GGMLQuantizationType.F16:
+                arr = np.asarray(t.data).view(np.float16).astype(np.float32)
+            else:
+                arr = gguf.quants.dequantize(t.data, qtype)
+        except Exception as exc:
+            raise ModelLoadError(f"{self.path}: cannot dequantize {name} ({type(exc).__name__}: {exc})") from exc
+        shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dims fastest-first
+        return arr.reshape(shape)
+
+    def state_dict(self, dtype: torch.dtype = torch.float32) -> Iterator[tuple[str, torch.Tensor]]:
+        """HF-named tensors, dequantized, one at a time (keeps peak memory low)."""
+        config = self.config()
+        permuted = self.metadata.get("general.architecture") == "llama"
+        for name in self.tensors:
+            hf_name = gguf_to_hf_name(name)
+            if hf_name is None:
+                continue
+            tensor = torch.from_numpy(np.ascontiguousarray(self.dequantize(name)))
+            if permuted and name.endswith(("attn_q.weight", "attn_q.bias")):
+                tensor = unpermute_qk(tensor, config.num_attention_heads)
+            elif permuted and name.endswith(("attn_k.weight", "attn_k.bias")):
+                tensor = unpermute_qk(tensor, config.num_key_value_heads)
+            yield hf_name, tensor.to(dtype)
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: str = "float32") -> Path:
+    """Write a HF-layout folder (config.json, model.safetensors, tokenizer files) from a GGUF.
+
+    HF ``transformers`` loads the result with ``AutoModelForCausalLM.from_pretrained(out_dir)``.
+    The folder appears atomically: it is written to a temporary sibling, then renamed.
+    """
+    from safetensors.torch import save_file
+
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r}: expected one of {tuple(DTYPES)}")
+    src = GGUFFile(gguf_path)
+    config = src.config()
+    tokenizer = src.tokenizer()
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tensors = dict(src.state_dict(DTYPES[dtype]))
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        del tensors
+        (tmp / "config.json").write_text(json.dumps(config.to_hf_dict(torch_dtype=dtype), indent=2))
+        generation = {"bos_token_id": config.bos_token_id, "eos_token_id": list(tokenizer.eos_token_ids)}
+        (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2))
+        tokenizer.save(tmp)
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# HF folders
+# ---------------------------------------------------------------------------------------------
+def load_safetensors_folder(folder: str | Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """All tensors of ``model.safetensors`` or of a sharded ``model.safetensors.index.json``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    single = folder / "model.safetensors"
+    index = folder / "model.safetensors.index.json"
+    if single.exists():
+        files = [single]
+    elif index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"{index}: invalid safetensors index ({exc})") from exc
+        files = [folder / f for f in sorted(set(weight_map.values()))]
+    else:
+        raise ModelLoadError(f"{folder}: no model.safetensors or model.safetensors.index.json")
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        if not f.exists():
+            raise ModelLoadError(f"{f}: weight shard missing")
+        try:
+            tensors = load_file(str(f))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"{f}: cannot read safetensors ({exc})") from exc
+        for name, t in tensors.items():
+            out[name] = t if t.dtype == dtype else t.to(dtype)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class LoadedModel:
+    """A model ready to run: weights on the device plus its tokenizer."""
+
+    model: Qwen2ForCausalLM
+    tokenizer: Tokenizer
+    name: str
+
+    @property
+    def config(self) -> Qwen2Config:
+        return self.model.config
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ConfigError(f"dtype={dtype}: expected one of {tuple(DTYPES)}")
+        return dtype
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r}: expected one of {tuple(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_model(
+    model: str | Path = "default",
+    *,
+    dtype: str | torch.dtype = "bfloat16",
+    device: str | torch.device = "cpu",
+    backend: str | None = None,
+    ops: Ops | None = None,
+) -> LoadedModel:
+    """Load ``model``: ``"default"``, a HF folder, a ``.gguf`` file, or a hub id (huggingface_hub).
+
+    A GGUF is dequantized on every load; the default model is converted once to a cached
+    safetensors folder so later loads only read it.
+    """
+    from tritonlm.config import resolve_backend
+
+    torch_dtype = resolve_dtype(dtype)
+    device = torch.device(device)
+    if ops is None:
+        ops = get_ops(resolve_backend(backend, device.type))
+    name = str(model)
+    path = Path(model).expanduser()
+    if name == "default":
+        from tritonlm.model.default import ensure_default_model
+
+        path = ensure_default_model()
+    elif not path.exists() and "/" in name and not name.startswith((".", "/", "~")):
+        path = _download_from_hub(name)
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise ModelLoadError(f"{path}: expected a .gguf file or a HF model folder")
+        src = GGUFFile(path)
+        config = src.config()
+        state = dict(src.state_dict(torch.float32))
+        tokenizer = src.tokenizer()
+    elif path.is_dir():
+        config = Qwen2Config.from_json_file(path / "config.json")
+        state = load_safetensors_folder(path, torch_dtype)
+        tokenizer = Tokenizer.from_dir(path, vocab_size=config.vocab_size)
+    else:
+        raise ModelLoadError(f"{path}: no such model file or folder")
+    if not tokenizer.eos_token_ids and config.eos_token_ids:
+        tokenizer.eos_token_ids = config.eos_token_ids
+    net = Qwen2ForCausalLM(config, state, dtype=torch_dtype, device=device, ops=ops)
+    return LoadedModel(model=net, tokenizer=tokenizer, name=name)
+
+
+def _download_from_hub(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"{repo_id}: not a local path, and huggingface_hub is not installed to fetch it "
+            "(pip install 'tritonlm[hub]')"
+        ) from exc
+    try:
+        return Path(
+            snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt"])
+        )
+    except Exception as exc:
+        raise ModelLoadError(f"{repo_id}: cannot download from the hub ({type(exc).__name__}: {exc})") from exc
