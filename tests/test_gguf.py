@@ -12,15 +12,21 @@ import numpy as np
 import pytest
 import torch
 
-from tests.gguf_support import Q, TINY_CONFIG, gguf_name, write_tiny_gguf
+from tests.gguf_support import TINY_CONFIG, Q, gguf_name, write_tiny_gguf
 from tritonlm.errors import ConfigError, ModelLoadError
 from tritonlm.model.config import Qwen2Config
 from tritonlm.model.default import assemble, verify
 from tritonlm.model.loader import GGUFFile, convert_gguf, gguf_to_hf_name, load_model, permute_qk, unpermute_qk
 from tritonlm.model.simple import ContiguousSequence
 
-MIXED = {"attn_q.weight": Q.Q8_0, "attn_k.weight": Q.F16, "attn_v.weight": Q.BF16,
-         "ffn_gate.weight": Q.Q5_0, "ffn_up.weight": Q.Q8_0, "token_embd.weight": Q.Q8_0}
+MIXED = {
+    "attn_q.weight": Q.Q8_0,
+    "attn_k.weight": Q.F16,
+    "attn_v.weight": Q.BF16,
+    "ffn_gate.weight": Q.Q5_0,
+    "ffn_up.weight": Q.Q8_0,
+    "token_embd.weight": Q.Q8_0,
+}
 
 
 @pytest.fixture
@@ -37,7 +43,7 @@ def test_config_from_gguf_metadata(tiny_gguf):
 
 
 def test_every_tensor_equals_gguf_dequantization(tiny_gguf):
-    path, cfg, original = tiny_gguf
+    path, _, original = tiny_gguf
     src = GGUFFile(path)
     ours = dict(src.state_dict())
     reader = gguf.GGUFReader(str(path))
@@ -89,8 +95,9 @@ def test_converted_folder_loads_in_transformers(tiny_gguf, tmp_path):
 def test_cli_convert(tiny_gguf, tmp_path):
     path, _, _ = tiny_gguf
     out = tmp_path / "cli-out"
-    proc = subprocess.run([sys.executable, "-m", "tritonlm", "convert", str(path), str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tritonlm", "convert", str(path), str(out)], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
         assert (out / name).is_file()
@@ -110,7 +117,7 @@ def test_truncated_gguf_raises_model_load_error(tiny_gguf, tmp_path):
 def test_corrupted_and_missing_files_raise_model_load_error(tmp_path):
     garbage = tmp_path / "garbage.gguf"
     garbage.write_bytes(b"NOTAGGUF" * 100)
-    with pytest.raises(ModelLoadError, match="garbage.gguf"):
+    with pytest.raises(ModelLoadError, match=r"garbage\.gguf"):
         load_model(str(garbage))
     with pytest.raises(ModelLoadError, match="nothere"):
         load_model(str(tmp_path / "nothere.gguf"))
@@ -118,10 +125,10 @@ def test_corrupted_and_missing_files_raise_model_load_error(tmp_path):
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(TINY_CONFIG.to_hf_dict()))
     (folder / "model.safetensors").write_bytes(b"\x00" * 64)
-    with pytest.raises(ModelLoadError, match="model.safetensors"):
+    with pytest.raises(ModelLoadError, match=r"model\.safetensors"):
         load_model(str(folder))
     (folder / "config.json").write_text("{not json")
-    with pytest.raises(ModelLoadError, match="config.json"):
+    with pytest.raises(ModelLoadError, match=r"config\.json"):
         load_model(str(folder))
 
 
@@ -190,8 +197,15 @@ def test_gguf_name_mapping():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("hidden_size", 0), ("num_key_value_heads", 3), ("rms_norm_eps", -1.0), ("head_dim", 7), ("vocab_size", "x"),
-     ("eos_token_id", 10_000), ("rope_theta", 0)],
+    [
+        ("hidden_size", 0),
+        ("num_key_value_heads", 3),
+        ("rms_norm_eps", -1.0),
+        ("head_dim", 7),
+        ("vocab_size", "x"),
+        ("eos_token_id", 10_000),
+        ("rope_theta", 0),
+    ],
 )
 def test_config_rejects_nonsense_naming_the_field(field, value):
     with pytest.raises(ConfigError, match=field):

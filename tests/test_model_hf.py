@@ -14,20 +14,45 @@ transformers = pytest.importorskip("transformers")
 
 TINY_CONFIGS = {
     # GQA ratio 7 (like Qwen2.5-0.5B's 14/2), untied lm_head, odd sizes
-    "gqa7_untied": dict(hidden_size=112, num_attention_heads=14, num_key_value_heads=2, head_dim=16,
-                        intermediate_size=150, tie_word_embeddings=False),
+    "gqa7_untied": dict(
+        hidden_size=112,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=150,
+        tie_word_embeddings=False,
+    ),
     # GQA ratio 1 (plain multi-head), tied embeddings, odd sizes
-    "mha_tied": dict(hidden_size=60, num_attention_heads=5, num_key_value_heads=5, head_dim=12,
-                     intermediate_size=97, tie_word_embeddings=True),
+    "mha_tied": dict(
+        hidden_size=60,
+        num_attention_heads=5,
+        num_key_value_heads=5,
+        head_dim=12,
+        intermediate_size=97,
+        tie_word_embeddings=True,
+    ),
     # GQA ratio 7, tied
-    "gqa7_tied": dict(hidden_size=84, num_attention_heads=7, num_key_value_heads=1, head_dim=12,
-                      intermediate_size=130, tie_word_embeddings=True),
+    "gqa7_tied": dict(
+        hidden_size=84,
+        num_attention_heads=7,
+        num_key_value_heads=1,
+        head_dim=12,
+        intermediate_size=130,
+        tie_word_embeddings=True,
+    ),
 }
 
 
 def make_hf_folder(tmp_path, name: str, seed: int):
-    cfg = Qwen2Config(vocab_size=311, num_hidden_layers=2, max_position_embeddings=256, rope_theta=10000.0,
-                      rms_norm_eps=1e-6, eos_token_id=310, **TINY_CONFIGS[name])
+    cfg = Qwen2Config(
+        vocab_size=311,
+        num_hidden_layers=2,
+        max_position_embeddings=256,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        eos_token_id=310,
+        **TINY_CONFIGS[name],
+    )
     hf_config = transformers.Qwen2Config(**cfg.to_hf_dict())
     hf_model = transformers.Qwen2ForCausalLM(hf_config).eval().float()
     state = random_state_dict(cfg, seed=seed)
@@ -37,8 +62,7 @@ def make_hf_folder(tmp_path, name: str, seed: int):
     folder = tmp_path / name
     hf_model.save_pretrained(folder)
     # a tokenizer is not needed by these tests; loader only wants tokenizer.json: build a tiny one
-    from tritonlm.model.tokenizer import build_byte_level_bpe
-    from tritonlm.model.tokenizer import BYTE_TO_UNICODE
+    from tritonlm.model.tokenizer import BYTE_TO_UNICODE, build_byte_level_bpe
 
     tokens = [BYTE_TO_UNICODE[b] for b in range(256)] + [f"t{i}" for i in range(256, 310)] + ["<|end|>"]
     tok = build_byte_level_bpe(tokens, [], [(310, "<|end|>", True)])

@@ -23,8 +23,13 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default=None, choices=("torch", "triton", "interpret"))
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--chat", dest="chat", action="store_true", default=True,
-                      help="wrap the prompt in the model's chat template (default)")
+    mode.add_argument(
+        "--chat",
+        dest="chat",
+        action="store_true",
+        default=True,
+        help="wrap the prompt in the model's chat template (default)",
+    )
     mode.add_argument("--raw", dest="chat", action="store_false", help="send the prompt as raw text")
 
 

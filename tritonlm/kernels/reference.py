@@ -39,17 +39,13 @@ def rope_cos_sin_cache(
     head_dim: int, max_positions: int, rope_theta: float, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
     """``[max_positions, head_dim]`` float32: cos of the D/2 frequencies, then their sin."""
-    inv_freq = 1.0 / (
-        rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim)
-    )
+    inv_freq = 1.0 / (rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
     t = torch.arange(max_positions, dtype=torch.int64, device=device).float()
     freqs = torch.outer(t, inv_freq)
     return torch.cat([freqs.cos(), freqs.sin()], dim=-1)
 
 
-def rotary_embedding(
-    q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor
-) -> None:
+def rotary_embedding(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor) -> None:
     """Rotate-half RoPE (Qwen2 / GPT-NeoX layout), **in place** on ``q [T, Hq, D]`` and ``k [T, Hk, D]``.
 
     ``positions [T]`` int64 are absolute positions; ``cos_sin_cache`` comes from
@@ -92,6 +88,29 @@ def _gather_slots(block_table: torch.Tensor, length: int, block_size: int) -> to
     return block_table[pos // block_size].long() * block_size + pos % block_size
 
 
+def _attend_one(
+    q: torch.Tensor, flat_k: torch.Tensor, flat_v: torch.Tensor, slots: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """``q [Lq, Hq, D]`` (the last ``Lq`` of ``L = len(slots)`` positions) attends causally to the cache.
+
+    Runs torch's fused SDPA the way HF transformers calls it (GQA without repeating k/v, ``is_causal``
+    when there is no cached prefix), so low-precision results match HF's as closely as possible.
+    """
+    q_len, ctx = q.shape[0], slots.shape[0]
+    keys = flat_k[slots].transpose(0, 1).unsqueeze(0)  # [1, Hk, L, D]
+    values = flat_v[slots].transpose(0, 1).unsqueeze(0)
+    query = q.transpose(0, 1).unsqueeze(0)  # [1, Hq, Lq, D]
+    gqa = query.shape[1] != keys.shape[1]
+    if q_len == 1 or q_len == ctx:
+        out = F.scaled_dot_product_attention(query, keys, values, is_causal=q_len > 1, scale=scale, enable_gqa=gqa)
+    else:
+        # query j sits at position ctx - q_len + j and sees keys 0 .. ctx - q_len + j
+        q_pos = torch.arange(ctx - q_len, ctx, device=q.device)[:, None]
+        mask = torch.arange(ctx, device=q.device)[None, :] <= q_pos
+        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    return out[0].transpose(0, 1)  # [Lq, Hq, D]
+
+
 def paged_decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -102,31 +121,18 @@ def paged_decode_attention(
 ) -> torch.Tensor:
     """One query token per sequence: ``q [B, Hq, D]`` over its ``context_lens[b]`` cached tokens.
 
-    Grouped-query attention: query head ``h`` reads kv head ``h // (Hq // Hk)``. Softmax in fp32.
+    Grouped-query attention: query head ``h`` reads kv head ``h // (Hq // Hk)``. Each sequence is
+    computed on its own, so a sequence's result does not depend on the rest of the batch.
     Returns ``[B, Hq, D]`` in q's dtype.
     """
-    num_seqs, num_q_heads, head_dim = q.shape
-    num_blocks, block_size, num_kv_heads, _ = k_cache.shape
-    group = num_q_heads // num_kv_heads
-    lens = [int(n) for n in context_lens.tolist()]
-    max_len = max(lens) if lens else 0
-    out = torch.empty_like(q)
-    if num_seqs == 0:
-        return out
-    idx = torch.zeros(num_seqs, max_len, dtype=torch.long, device=q.device)
-    for b, n in enumerate(lens):
-        idx[b, :n] = _gather_slots(block_tables[b], n, block_size)
+    num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
     flat_k = k_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
     flat_v = v_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
-    keys = flat_k[idx].float()  # [B, L, Hk, D]
-    values = flat_v[idx].float()
-    qg = q.float().view(num_seqs, num_kv_heads, group, head_dim)
-    scores = torch.einsum("bhgd,blhd->bhgl", qg, keys) * scale
-    pad = torch.arange(max_len, device=q.device)[None, :] >= context_lens.to(q.device).long()[:, None]
-    scores.masked_fill_(pad[:, None, None, :], float("-inf"))
-    probs = scores.softmax(dim=-1)
-    out = torch.einsum("bhgl,blhd->bhgd", probs, values)
-    return out.reshape(num_seqs, num_q_heads, head_dim).to(q.dtype)
+    out = torch.empty_like(q)
+    for b, ctx in enumerate(context_lens.tolist()):
+        slots = _gather_slots(block_tables[b], int(ctx), block_size)
+        out[b] = _attend_one(q[b : b + 1], flat_k, flat_v, slots, scale)[0]
+    return out
 
 
 def prefill_attention(
@@ -144,35 +150,17 @@ def prefill_attention(
     prefix, or earlier chunks of a chunked prefill) are read from the same cache.
     Returns ``[T, Hq, D]`` in q's dtype.
     """
-    num_tokens, num_q_heads, head_dim = q.shape
-    num_blocks, block_size, num_kv_heads, _ = k_cache.shape
-    group = num_q_heads // num_kv_heads
+    num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
     flat_k = k_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
     flat_v = v_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
     out = torch.empty_like(q)
     starts = cu_seqlens_q.tolist()
     for b, ctx in enumerate(context_lens.tolist()):
         lo, hi = starts[b], starts[b + 1]
-        q_len = hi - lo
-        if q_len == 0:
+        if hi == lo:
             continue
         slots = _gather_slots(block_tables[b], int(ctx), block_size)
-        keys = flat_k[slots]  # [L, Hk, D]
-        values = flat_v[slots]
-        qs = q[lo:hi].transpose(0, 1)  # [Hq, Lq, D]
-        ks = keys.transpose(0, 1).repeat_interleave(group, dim=0)  # [Hq, L, D]
-        vs = values.transpose(0, 1).repeat_interleave(group, dim=0)
-        # query j (absolute position ctx - q_len + j) sees keys 0 .. ctx - q_len + j
-        q_pos = torch.arange(ctx - q_len, ctx, device=q.device)[:, None]
-        k_pos = torch.arange(ctx, device=q.device)[None, :]
-        mask = k_pos <= q_pos
-        if q.dtype == torch.float32 or q.device.type != "cpu":
-            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, scale=scale)
-        else:
-            scores = torch.matmul(qs.float(), ks.float().transpose(1, 2)) * scale
-            scores.masked_fill_(~mask, float("-inf"))
-            o = torch.matmul(scores.softmax(-1), vs.float()).to(q.dtype)
-        out[lo:hi] = o.transpose(0, 1)
+        out[lo:hi] = _attend_one(q[lo:hi], flat_k, flat_v, slots, scale)
     return out
 
 

@@ -21,6 +21,9 @@ class AttentionMetadata:
     context_lens: torch.Tensor  # [B] int32 cached tokens after this step's tokens are stored
     cu_seqlens_q: torch.Tensor  # [B + 1] int32 offsets of each sequence's new tokens in the batch
     max_query_len: int
+    # the first num_decode_seqs sequences add one token each; in a mixed batch they take the
+    # batched decode op and only the rest go through prefill attention
+    num_decode_seqs: int = 0
 
     @property
     def is_decode(self) -> bool:
@@ -92,7 +95,9 @@ class KVCache:
         device: torch.device | str = "cpu",
     ) -> KVCache:
         shape = (num_layers, num_blocks, block_size, num_kv_heads, head_dim)
-        return KVCache(k=torch.zeros(shape, dtype=dtype, device=device), v=torch.zeros(shape, dtype=dtype, device=device))
+        return KVCache(
+            k=torch.zeros(shape, dtype=dtype, device=device), v=torch.zeros(shape, dtype=dtype, device=device)
+        )
 
     @staticmethod
     def bytes_per_block(num_layers: int, block_size: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:

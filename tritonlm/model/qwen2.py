@@ -189,8 +189,24 @@ class Qwen2ForCausalLM:
             k_cache, v_cache = kv_cache.k[i], kv_cache.v[i]
             ops.store_kv_cache(k, v, k_cache, v_cache, attn.slot_mapping)
             if attn.is_decode:
-                o = ops.paged_decode_attention(
-                    q, k_cache, v_cache, attn.block_tables, attn.context_lens, self.scale
+                o = ops.paged_decode_attention(q, k_cache, v_cache, attn.block_tables, attn.context_lens, self.scale)
+            elif attn.num_decode_seqs:
+                nd = attn.num_decode_seqs  # decode rows first (one token each), then the prefill chunks
+                o = torch.cat(
+                    [
+                        ops.paged_decode_attention(
+                            q[:nd], k_cache, v_cache, attn.block_tables[:nd], attn.context_lens[:nd], self.scale
+                        ),
+                        ops.prefill_attention(
+                            q[nd:],
+                            k_cache,
+                            v_cache,
+                            attn.cu_seqlens_q[nd:] - nd,
+                            attn.context_lens[nd:],
+                            attn.block_tables[nd:],
+                            self.scale,
+                        ),
+                    ]
                 )
             else:
                 o = ops.prefill_attention(

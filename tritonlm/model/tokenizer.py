@@ -113,9 +113,7 @@ class Tokenizer:
         self.eos_token_ids: tuple[int, ...] = tuple(dict.fromkeys(eos_token_ids))
         self.bos_token_id = bos_token_id
         self.pad_token_id = pad_token_id
-        self._special_ids = frozenset(
-            i for i, t in hf_tokenizer.get_added_tokens_decoder().items() if t.special
-        )
+        self._special_ids = frozenset(i for i, t in hf_tokenizer.get_added_tokens_decoder().items() if t.special)
         self._template = None
 
     # ---- construction ------------------------------------------------------------------
@@ -304,9 +302,7 @@ class Tokenizer:
         """Render ``messages`` with the model's own jinja2 chat template."""
         if self.chat_template is None:
             raise TokenizationError("this tokenizer has no chat template; pass raw text instead")
-        if not isinstance(messages, (list, tuple)) or not all(
-            isinstance(m, dict) and "role" in m for m in messages
-        ):
+        if not isinstance(messages, (list, tuple)) or not all(isinstance(m, dict) and "role" in m for m in messages):
             raise TokenizationError("messages must be a list of {'role': ..., 'content': ...} dicts")
         template = self._compiled_template()
         try:
