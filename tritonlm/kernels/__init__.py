@@ -60,4 +60,4 @@ def get_ops(backend: str) -> Ops:
     return Ops(backend=backend, **funcs)
 
 
-__all__ = ["Ops", "get_ops", "OP_MODULES"]
+__all__ = ["OP_MODULES", "Ops", "get_ops"]
