@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Sequence
 
 from tritonlm.errors import TritonLMError
@@ -40,11 +39,26 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve the OpenAI HTTP API (needs the 'serve' extra)")
+    p.add_argument("--model", default="default", help="'default', a HF folder, a .gguf file or a hub id")
+    p.add_argument("--served-model-name", default=None, help="the model id clients send (default: --model)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", default=None, choices=("torch", "triton", "interpret"))
+    p.add_argument("--max-num-seqs", type=int, default=64)
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--log-level", default="info")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tritonlm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_convert(sub)
+    _add_serve(sub)
     return parser
 
 
@@ -61,22 +75,23 @@ def _generate(args: argparse.Namespace) -> int:
     )
     llm = LLM(model=args.model, dtype=args.dtype, device=args.device, backend=args.backend)
     request = [{"role": "user", "content": prompt}] if args.chat else prompt
-    start = time.perf_counter()
-    final = None
-    for delta in llm.stream(request, params):
-        sys.stdout.write(delta.text)
-        sys.stdout.flush()
-        final = delta
-    elapsed = time.perf_counter() - start
-    sys.stdout.write("\n")
-    if final is not None:
-        n_prompt, n_completion = final.prompt_tokens, final.completion_tokens
-        rate = n_completion / elapsed if elapsed > 0 else 0.0
-        print(
-            f"[prompt tokens: {n_prompt}, completion tokens: {n_completion}, {rate:.1f} tokens/s]",
-            file=sys.stderr,
-        )
-    llm.close()
+    try:
+        stream = llm.stream(request, params)
+        for delta in stream:
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        output = stream.output
+        if output is not None:
+            usage = output.usage
+            rate = usage.decode_tokens_per_s or usage.tokens_per_s
+            print(
+                f"[prompt tokens: {usage.prompt_tokens}, completion tokens: {usage.completion_tokens}, "
+                f"{rate:.1f} tokens/s]",
+                file=sys.stderr,
+            )
+    finally:
+        llm.close()
     return 0
 
 
@@ -88,11 +103,31 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from tritonlm.server import serve
+    except ImportError as exc:
+        print(f"tritonlm: error: the server needs FastAPI and uvicorn: pip install 'tritonlm[serve]' ({exc})",
+              file=sys.stderr)
+        return 2
+    from tritonlm import LLM
+
+    llm = LLM(model=args.model, dtype=args.dtype, device=args.device, backend=args.backend,
+              max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len)
+    try:
+        serve(llm, args.served_model_name or args.model, host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        llm.close()
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "generate":
             return _generate(args)
+        if args.command == "serve":
+            return _serve(args)
         return _convert(args)
     except TritonLMError as exc:
         print(f"tritonlm: error: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -1,0 +1,61 @@
+"""Runs ``tritonlm.server`` with uvicorn on a free loopback port in a background thread."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from tritonlm.model.config import Qwen2Config
+from tritonlm.model.qwen2 import Qwen2ForCausalLM
+from tritonlm.runtime.llm import LLM
+
+TINY_QWEN = Qwen2Config(
+    vocab_size=151936,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=1024,
+    eos_token_id=151645,
+)
+
+
+def tiny_llm(tokenizer, **engine_options) -> LLM:
+    """An LLM over a tiny random model with the real Qwen2.5 tokenizer (random text, real machinery)."""
+    model = Qwen2ForCausalLM.random(TINY_QWEN, seed=0)
+    return LLM.from_loaded((model, tokenizer), **engine_options)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(llm: LLM, model_name: str) -> Iterator[str]:
+    """Yields the base URL (``http://127.0.0.1:PORT``) while the server runs."""
+    import uvicorn
+
+    from tritonlm.server import build_app
+
+    port = free_port()
+    config = uvicorn.Config(build_app(llm, model_name), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
