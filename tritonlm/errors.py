@@ -44,13 +44,13 @@ class InferenceError(TritonLMError, RuntimeError):
 
 
 __all__ = [
-    "TritonLMError",
     "ConfigError",
-    "ModelLoadError",
-    "TokenizationError",
-    "ContextTooLongError",
-    "SchemaError",
     "ConstraintViolation",
-    "ParseError",
+    "ContextTooLongError",
     "InferenceError",
+    "ModelLoadError",
+    "ParseError",
+    "SchemaError",
+    "TokenizationError",
+    "TritonLMError",
 ]

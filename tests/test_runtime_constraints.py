@@ -1,0 +1,51 @@
+"""The engine's grammar-mask stage: json_schema / regex / choice outputs obey their grammar,
+also when sampled and next to unconstrained requests."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.test_runtime_helpers import make_engine, random_prompts
+from tritonlm.errors import SchemaError
+from tritonlm.runtime.sampling_params import SamplingParams
+
+pytest.importorskip("tritonlm.constraints")
+
+
+def test_constrained_requests_obey_their_grammar_in_a_mixed_batch(qwen_tokenizer) -> None:
+    engine = make_engine(qwen_tokenizer)
+    prompts = random_prompts(6, seed=13)
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}, "kind": {"enum": ["a", "bb"]}},
+        "required": ["ok", "kind"],
+        "additionalProperties": False,
+    }
+    cases = {
+        "choice": SamplingParams(temperature=0, max_tokens=20, choice=["yes", "no", "maybe"]),
+        "choice_sampled": SamplingParams(temperature=1.0, seed=3, max_tokens=20, choice=["red", "green"]),
+        "regex": SamplingParams(temperature=1.0, seed=4, max_tokens=30, regex=r"[0-9]{3}-[a-z]{2}"),
+        "json": SamplingParams(temperature=0.7, seed=5, max_tokens=60, json_schema=schema),
+        "free": SamplingParams(temperature=1.0, max_tokens=15, ignore_eos=True),
+    }
+    ids = {name: engine.add_request(prompts[i], params) for i, (name, params) in enumerate(cases.items())}
+    outputs = engine.run_until_done()
+    out = {name: outputs[rid].outputs[0] for name, rid in ids.items()}
+    assert out["choice"].text in {"yes", "no", "maybe"} and out["choice"].finish_reason == "stop"
+    assert out["choice_sampled"].text in {"red", "green"}
+    assert re.fullmatch(r"[0-9]{3}-[a-z]{2}", out["regex"].text), out["regex"].text
+    value = json.loads(out["json"].text)
+    assert set(value) == {"ok", "kind"} and isinstance(value["ok"], bool) and value["kind"] in ("a", "bb")
+    assert len(out["free"].token_ids) == 15
+    engine.check_block_accounting()
+
+
+def test_a_bad_schema_fails_only_its_request(qwen_tokenizer) -> None:
+    engine = make_engine(qwen_tokenizer)
+    with pytest.raises(SchemaError):
+        engine.add_request([1, 2, 3], SamplingParams(json_schema={"type": "no-such-type"}))
+    rid = engine.add_request([1, 2, 3], SamplingParams(temperature=0, max_tokens=3, ignore_eos=True))
+    assert len(engine.run_until_done()[rid].outputs[0].token_ids) == 3

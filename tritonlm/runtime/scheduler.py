@@ -1,0 +1,136 @@
+"""Continuous batching: which requests run this step, and with how many tokens. No torch.
+
+Each step the scheduler hands the runner ``{request_id: num_tokens}`` under a token budget.
+Running requests come first: decodes (one token each), then unfinished prefills (the next
+chunk of the prompt), each group oldest first. Waiting requests are admitted after them, FCFS, with whatever
+budget is left (their prompts are prefilled in chunks that share steps with the decodes).
+When a running request needs a block and none is free, the newest running request is
+preempted: its blocks are freed and it goes back to the front of the queue, to be recomputed
+(from the prefix cache where its blocks survive).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from tritonlm.runtime.block_manager import BlockManager
+from tritonlm.runtime.request import Request, RequestStatus
+
+
+@dataclass
+class SchedulerOutput:
+    num_scheduled_tokens: dict[str, int]  # request_id -> new tokens this step, in batch order
+    requests: dict[str, Request]  # the same keys
+    preempted: list[str] = field(default_factory=list)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.num_scheduled_tokens
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.num_scheduled_tokens.values())
+
+    def samples(self, request: Request) -> bool:
+        """Whether this step reaches the end of the request's tokens (so a token is sampled)."""
+        return request.num_computed_tokens + self.num_scheduled_tokens[request.request_id] == request.num_tokens
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, *, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # admission order: oldest first
+        self.num_preemptions = 0
+
+    def add(self, request: Request) -> None:
+        request.status = RequestStatus.WAITING
+        self.waiting.append(request)
+
+    @property
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> SchedulerOutput:
+        budget = self.max_num_batched_tokens
+        scheduled: dict[str, int] = {}
+        requests: dict[str, Request] = {}
+        preempted: list[str] = []
+        bm = self.block_manager
+
+        # decodes first, then prefill chunks (an older request still prefilling must not
+        # starve the decodes behind it); each group oldest first
+        for request in sorted(self.running, key=lambda r: r.num_tokens - r.num_computed_tokens > 1):
+            if budget <= 0:
+                break
+            if request.status is not RequestStatus.RUNNING:
+                continue  # preempted earlier in this step
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            while not bm.append_slots(request.request_id, request.num_computed_tokens + num_new):
+                victim = self.running.pop()  # the newest
+                self._preempt(victim)
+                preempted.append(victim.request_id)
+                budget += scheduled.pop(victim.request_id, 0)
+                requests.pop(victim.request_id, None)
+                if victim is request:
+                    break
+            else:
+                scheduled[request.request_id] = num_new
+                requests[request.request_id] = request
+                budget -= num_new
+
+        if not preempted:
+            while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+                request = self.waiting[0]
+                if request.waits_for is not None:
+                    if not (request.waits_for.is_prefilled or request.waits_for.is_finished):
+                        break
+                    request.waits_for = None
+                cached = bm.find_cached_prefix(request.token_ids)
+                num_cached = len(cached) * bm.block_size
+                num_new = min(request.num_tokens - num_cached, budget)
+                if not bm.allocate(request.request_id, cached, num_cached + num_new):
+                    break
+                self.waiting.popleft()
+                if request.num_preemptions == 0:
+                    request.num_cached_tokens = num_cached
+                request.num_computed_tokens = num_cached
+                request.status = RequestStatus.RUNNING
+                self.running.append(request)
+                scheduled[request.request_id] = num_new
+                requests[request.request_id] = request
+                budget -= num_new
+        return SchedulerOutput(scheduled, requests, preempted)
+
+    def _preempt(self, request: Request) -> None:
+        self.block_manager.free(request.request_id)
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        request.status = RequestStatus.WAITING
+        self.waiting.appendleft(request)
+        self.num_preemptions += 1
+
+    def mark_computed(self, output: SchedulerOutput) -> None:
+        """Advance every scheduled request past the tokens the runner just stored."""
+        for request_id, num_tokens in output.num_scheduled_tokens.items():
+            request = output.requests[request_id]
+            request.num_computed_tokens += num_tokens
+            self.block_manager.register_full_blocks(request_id, request.token_ids, request.num_computed_tokens)
+
+    def finish(self, request: Request, reason: str) -> None:
+        """Finish a request wherever it is (running, waiting or already finished: then a no-op)."""
+        if request.status is RequestStatus.FINISHED:
+            return
+        if request.status is RequestStatus.RUNNING:
+            self.running.remove(request)
+        else:
+            try:
+                self.waiting.remove(request)
+            except ValueError:
+                pass
+        self.block_manager.free(request.request_id)
+        request.status = RequestStatus.FINISHED
+        request.finish_reason = reason
