@@ -1,0 +1,1 @@
+"""Test helpers and data for the constraint engine tests."""

@@ -1,0 +1,230 @@
+"""What the constraint engine needs to know about a tokenizer, and the per-tokenizer index
+(token trie and length-sorted byte columns) it precomputes once and caches on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tritonlm.errors import SchemaError
+
+_INDEX_VERSION = 1
+
+
+def _gpt2_unicode_to_bytes() -> dict[str, int]:
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    chars = printable[:]
+    n = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
+@dataclass
+class TokenizerInfo:
+    """``vocab[i]`` is the raw bytes token ``i`` decodes to (``b""`` for ids with no text);
+    ``vocab_size`` is the logits width (may exceed ``len`` of the real vocabulary);
+    ``special_token_ids`` are never allowed inside grammar output."""
+
+    vocab: list[bytes] = field(repr=False)
+    eos_token_ids: tuple[int, ...]
+    vocab_size: int
+    special_token_ids: frozenset[int] = field(default=frozenset(), repr=False)
+    _index: VocabIndex | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < len(self.vocab):
+            raise SchemaError(f"vocab_size={self.vocab_size} is smaller than the vocabulary ({len(self.vocab)})")
+        if len(self.vocab) < self.vocab_size:
+            self.vocab = list(self.vocab) + [b""] * (self.vocab_size - len(self.vocab))
+        for e in self.eos_token_ids:
+            if not 0 <= e < self.vocab_size:
+                raise SchemaError(f"eos token id {e} outside the vocabulary")
+        self.special_token_ids = frozenset(self.special_token_ids) | frozenset(self.eos_token_ids)
+        h = hashlib.sha256()
+        h.update(f"v{_INDEX_VERSION}:{self.vocab_size}:{sorted(self.special_token_ids)}:".encode())
+        for t in self.vocab:
+            h.update(len(t).to_bytes(4, "little"))
+            h.update(t)
+        self.fingerprint = h.hexdigest()[:32]
+
+    @staticmethod
+    def from_tokenizer(obj: Any) -> TokenizerInfo:
+        """Accepts a TokenizerInfo, or any object with ``token_bytes``, ``eos_token_ids`` and
+        ``vocab_size`` (and optionally ``special_token_ids``)."""
+        if isinstance(obj, TokenizerInfo):
+            return obj
+        cached = getattr(obj, "_tritonlm_constraints_info", None)
+        if isinstance(cached, TokenizerInfo):
+            return cached
+        try:
+            vocab = list(obj.token_bytes)
+            eos = tuple(int(i) for i in obj.eos_token_ids)
+            size = int(obj.vocab_size)
+        except AttributeError as exc:
+            raise TypeError(
+                "tokenizer must be a TokenizerInfo or have token_bytes, eos_token_ids and vocab_size"
+            ) from exc
+        specials = frozenset(int(i) for i in (getattr(obj, "special_token_ids", None) or ()))
+        info = TokenizerInfo(vocab, eos, size, specials)
+        try:
+            obj._tritonlm_constraints_info = info
+        except (AttributeError, TypeError):
+            pass
+        return info
+
+    @staticmethod
+    def from_gguf(path: str | os.PathLike[str]) -> TokenizerInfo:
+        """Read the byte-level BPE vocabulary of a GGUF file (CONTROL tokens are special)."""
+        import gguf
+
+        reader = gguf.GGUFReader(str(path))
+
+        def field_values(name: str) -> list[Any]:
+            f = reader.fields[name]
+            return [f.parts[i] for i in f.data]
+
+        tokens = [bytes(p).decode("utf-8") for p in field_values("tokenizer.ggml.tokens")]
+        types = [int(p[0]) for p in field_values("tokenizer.ggml.token_type")]
+        table = _gpt2_unicode_to_bytes()
+        vocab: list[bytes] = []
+        specials = set()
+        for i, (tok, kind) in enumerate(zip(tokens, types, strict=True)):
+            if kind == 3:
+                specials.add(i)
+                vocab.append(tok.encode("utf-8"))
+            elif kind == 4:
+                vocab.append(tok.encode("utf-8"))
+            else:
+                try:
+                    vocab.append(bytes(table[c] for c in tok))
+                except KeyError:
+                    vocab.append(tok.encode("utf-8"))
+        eos = []
+        if "tokenizer.ggml.eos_token_id" in reader.fields:
+            eos.append(int(field_values("tokenizer.ggml.eos_token_id")[0][0]))
+        for text in ("<|im_end|>", "<|endoftext|>"):
+            if text in tokens and tokens.index(text) in specials:
+                eos.append(tokens.index(text))
+        return TokenizerInfo(vocab, tuple(dict.fromkeys(eos)), len(vocab), frozenset(specials))
+
+    @property
+    def index(self) -> VocabIndex:
+        if self._index is None:
+            self._index = VocabIndex.load_or_build(self)
+        return self._index
+
+    def grammar_bytes(self, token_id: int) -> bytes:
+        """The bytes a token contributes to grammar text (``b""`` for special/empty ids)."""
+        return b"" if token_id in self.special_token_ids else self.vocab[token_id]
+
+
+class VocabIndex:
+    """Token trie in CSR form plus byte columns of the tokens sorted by length (descending).
+
+    Trie node 0 is the root; children of node ``n`` are entries ``child_start[n] ..
+    child_start[n+1]`` of ``child_byte`` / ``child_node``; tokens whose bytes end at ``n`` are
+    ``tok_ids[tok_start[n] .. tok_start[n+1]]``.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+        self.child_start: list[int] = arrays["child_start"].tolist()
+        self.child_byte: list[int] = arrays["child_byte"].tolist()
+        self.child_node: list[int] = arrays["child_node"].tolist()
+        self.tok_start: list[int] = arrays["tok_start"].tolist()
+        self.tok_ids: list[int] = arrays["tok_ids"].tolist()
+        self.order = arrays["order"]  # token ids by descending length
+        self.lengths = arrays["lengths"]
+        col_flat = arrays["col_flat"]
+        col_off = arrays["col_off"]
+        self.cols = [col_flat[col_off[p] : col_off[p + 1]] for p in range(len(col_off) - 1)]
+        # number of tokens starting with each byte (a cost estimate for trie walks)
+        self.first_byte_counts: list[int] = (
+            np.bincount(self.cols[0], minlength=256).tolist() if self.cols else [0] * 256)
+        self.arrays = arrays
+
+    @staticmethod
+    def build(vocab: Sequence[bytes], specials: frozenset[int], vocab_size: int) -> dict[str, np.ndarray]:
+        ids = [i for i, t in enumerate(vocab) if t and i not in specials]
+        # trie
+        children: list[dict[int, int]] = [{}]
+        ends: list[list[int]] = [[]]
+        for i in ids:
+            n = 0
+            for b in vocab[i]:
+                nxt = children[n].get(b)
+                if nxt is None:
+                    nxt = len(children)
+                    children[n][b] = nxt
+                    children.append({})
+                    ends.append([])
+                n = nxt
+            ends[n].append(i)
+        child_start = [0]
+        child_byte: list[int] = []
+        child_node: list[int] = []
+        tok_start = [0]
+        tok_ids: list[int] = []
+        for n in range(len(children)):
+            for b in sorted(children[n]):
+                child_byte.append(b)
+                child_node.append(children[n][b])
+            child_start.append(len(child_byte))
+            tok_ids.extend(ends[n])
+            tok_start.append(len(tok_ids))
+        order = sorted(ids, key=lambda i: -len(vocab[i]))
+        lengths = np.array([len(vocab[i]) for i in order], dtype=np.int32)
+        maxlen = int(lengths[0]) if len(lengths) else 0
+        cols = []
+        for p in range(maxlen):
+            n_active = int(np.searchsorted(-lengths, -p, side="left"))  # tokens with len > p
+            cols.append(np.frombuffer(b"".join(vocab[i][p : p + 1] for i in order[:n_active]), dtype=np.uint8))
+        col_off = np.cumsum([0] + [len(c) for c in cols]).astype(np.int64)
+        return {
+            "child_start": np.array(child_start, dtype=np.int32),
+            "child_byte": np.array(child_byte, dtype=np.uint8),
+            "child_node": np.array(child_node, dtype=np.int32),
+            "tok_start": np.array(tok_start, dtype=np.int32),
+            "tok_ids": np.array(tok_ids, dtype=np.int32),
+            "order": np.array(order, dtype=np.int32),
+            "lengths": lengths,
+            "col_flat": np.concatenate(cols) if cols else np.zeros(0, np.uint8),
+            "col_off": col_off,
+        }
+
+    @staticmethod
+    def cache_path(info: TokenizerInfo) -> Path:
+        from tritonlm.config import env
+
+        return env().cache_dir / "constraints" / f"vocab-{info.fingerprint}.npz"
+
+    @classmethod
+    def load_or_build(cls, info: TokenizerInfo) -> VocabIndex:
+        path = cls.cache_path(info)
+        if path.exists():
+            try:
+                with np.load(path) as data:
+                    return cls({k: data[k] for k in data.files}, info.vocab_size)
+            except (OSError, ValueError, KeyError):
+                pass
+        arrays = cls.build(info.vocab, info.special_token_ids, info.vocab_size)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+        return cls(arrays, info.vocab_size)
