@@ -49,3 +49,38 @@ def test_a_bad_schema_fails_only_its_request(qwen_tokenizer) -> None:
         engine.add_request([1, 2, 3], SamplingParams(json_schema={"type": "no-such-type"}))
     rid = engine.add_request([1, 2, 3], SamplingParams(temperature=0, max_tokens=3, ignore_eos=True))
     assert len(engine.run_until_done()[rid].outputs[0].token_ids) == 3
+
+
+def test_jump_forward_appends_forced_tokens_without_a_step_each(qwen_tokenizer) -> None:
+    """Keys, punctuation and a const value are forced: they cost no decode step of their own."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "description_of_the_function": {"const": "returns the sum of two integers, a and b"},
+            "implementation_language": {"enum": ["python"]},
+            "flag": {"type": "boolean"},
+        },
+        "required": ["description_of_the_function", "implementation_language", "flag"],
+        "additionalProperties": False,
+    }
+    engine = make_engine(qwen_tokenizer)
+    steps_before = engine.stats.num_steps
+    rid = engine.add_request(random_prompts(1, seed=21)[0], SamplingParams(temperature=0, max_tokens=200,
+                                                                           json_schema=schema))
+    out = engine.run_until_done()[rid].outputs[0]
+    value = json.loads(out.text)
+    assert value["description_of_the_function"] == "returns the sum of two integers, a and b"
+    assert value["implementation_language"] == "python" and isinstance(value["flag"], bool)
+    steps = engine.stats.num_steps - steps_before
+    # only the first step, "true"/"false" and the end need the model to choose
+    assert len(out.token_ids) >= 20 and steps <= 6, (steps, len(out.token_ids))
+    engine.check_block_accounting()
+
+
+def test_jump_forward_keeps_logprobs_aligned(qwen_tokenizer) -> None:
+    engine = make_engine(qwen_tokenizer)
+    rid = engine.add_request(random_prompts(1, seed=22)[0], SamplingParams(
+        temperature=0, max_tokens=40, logprobs=1, json_schema={"const": {"key": "value"}}))
+    out = engine.run_until_done()[rid].outputs[0]
+    assert json.loads(out.text) == {"key": "value"}
+    assert len(out.logprobs) == len(out.token_ids)

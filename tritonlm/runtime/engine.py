@@ -359,8 +359,21 @@ class Engine:
                 continue
             try:
                 self._append_token(request, sampled.token_ids[i], sampled.logprobs[i], now, deltas)
+                if request.matcher is not None and not request.is_finished and request.params.logprobs is None:
+                    self._jump_forward(request, now, deltas)
             except Exception as exc:
                 self._fail(request, exc, deltas)
+
+    def _jump_forward(self, request: Request, now: float, deltas: list[StreamDelta]) -> None:
+        """Append the tokens the grammar forces next without sampling them (jump-forward).
+
+        They join ``token_ids`` uncomputed, so the next step runs them through the model in one
+        chunk (the prefill path) before sampling again, instead of one decode step each.
+        """
+        for token in request.matcher.find_forced_tokens():
+            self._append_token(request, token, None, now, deltas)
+            if request.is_finished:
+                return
 
     def _append_token(
         self, request: Request, token: int, logprob: TokenLogprob | None, now: float, deltas: list[StreamDelta]
