@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --upgrade pip
 	# torch first, exactly this version: the CPU wheel (a plain `torch` requirement pulls a CUDA build)
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e ".[triton,default-model,dev,serve,dspy]"
+	$(PY) -m pip install -e ".[triton,default-model,dev,serve,remote,dspy]"
 	touch $@
 
 # Stream a code answer from the default model (fetched and converted on first use).

@@ -37,15 +37,55 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class RecordingServer:
+    """What a running test server saw: request bodies (JSON) and Authorization headers."""
+
+    def __init__(self, llm: LLM, model_name: str) -> None:
+        self.llm = llm
+        self.model_name = model_name
+        self.base_url = ""  # http://127.0.0.1:PORT/v1 once running
+        self.requests: list[dict] = []
+        self.authorizations: list[str | None] = []
+
+
 @contextmanager
-def running_server(llm: LLM, model_name: str) -> Iterator[str]:
+def recording_server(llm: LLM, model_name: str) -> Iterator[RecordingServer]:
+    """``tritonlm.server`` on loopback, recording each POST body and Authorization header."""
+    import json
+
+    from starlette.requests import Request
+
+    record = RecordingServer(llm, model_name)
+
+    def install(app) -> None:
+        @app.middleware("http")
+        async def _record(request: Request, call_next):
+            if request.method == "POST":
+                body = await request.body()
+                try:
+                    record.requests.append(json.loads(body))
+                except ValueError:
+                    record.requests.append({"_raw": body.decode(errors="replace")})
+                record.authorizations.append(request.headers.get("authorization"))
+            return await call_next(request)
+
+    with running_server(llm, model_name, configure=install) as url:
+        record.base_url = url + "/v1"
+        yield record
+
+
+@contextmanager
+def running_server(llm: LLM, model_name: str, configure=None) -> Iterator[str]:
     """Yields the base URL (``http://127.0.0.1:PORT``) while the server runs."""
     import uvicorn
 
     from tritonlm.server import build_app
 
     port = free_port()
-    config = uvicorn.Config(build_app(llm, model_name), host="127.0.0.1", port=port, log_level="warning")
+    app = build_app(llm, model_name)
+    if configure is not None:
+        configure(app)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

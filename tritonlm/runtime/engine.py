@@ -11,6 +11,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +99,15 @@ class _Group:
 
 
 @dataclass
+class _GrammarMasks:
+    """Bitmasks of the constrained rows of one step (``rows`` index the sampling requests)."""
+
+    rows: list[int]
+    bitmask: Any  # numpy int32 [len(rows), ceil(V / 32)], or None
+    errors: dict[int, BaseException]  # row -> the error filling its mask raised
+
+
+@dataclass
 class EngineStats:
     batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=100_000))  # requests per step
     batch_tokens: deque[int] = field(default_factory=lambda: deque(maxlen=100_000))  # tokens per step
@@ -150,6 +160,7 @@ class Engine:
         self._rng = random.Random(config.seed)
         self._eos_token_ids = frozenset(getattr(tokenizer, "eos_token_ids", ()) or model.config.eos_token_ids)
         self._pending: list[StreamDelta] = []  # deltas produced outside step() (aborts)
+        self._mask_pool: ThreadPoolExecutor | None = None  # fills grammar masks during the forward
 
     # ---- submission ------------------------------------------------------------------------
     def tokenize_prompt(self, prompt: Prompt) -> list[int]:
@@ -273,11 +284,20 @@ class Engine:
         if batch.is_empty:
             return deltas
         self._record(batch)
+        # requests whose last scheduled token completes them sample this step; their grammar
+        # masks are filled on another thread while the model runs (torch releases the GIL)
+        sampling = [
+            r
+            for r in batch.requests.values()
+            if r.num_computed_tokens + batch.num_scheduled_tokens[r.request_id] == r.num_tokens
+        ]
+        masks = self._start_grammar_masks(sampling)
         logits = self._run_model(batch, deltas)
         if logits is None:
+            if masks is not None:
+                masks.result()
             return deltas
-        sampling = [r for r in batch.requests.values() if r.num_computed_tokens == r.num_tokens]
-        live = self._fill_grammar_masks(logits, sampling, deltas)
+        live = self._apply_grammar_masks(logits, sampling, masks, deltas)
         sampled = self._sample(logits, sampling, live, deltas)
         self._update(sampling, live, sampled, deltas)
         return deltas
@@ -301,26 +321,54 @@ class Engine:
         self.scheduler.mark_computed(batch)
         return logits
 
-    def _fill_grammar_masks(
-        self, logits: torch.Tensor, sampling: list[Request], deltas: list[StreamDelta]
+    def _start_grammar_masks(self, sampling: list[Request]) -> Future[_GrammarMasks] | None:
+        """Start filling the bitmasks of the constrained rows of ``sampling`` in the background."""
+        rows = [i for i, r in enumerate(sampling) if r.matcher is not None]
+        if not rows:
+            return None
+        if self._mask_pool is None:
+            self._mask_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tritonlm-masks")
+        matchers = [sampling[i].matcher for i in rows]
+        vocab_size = self.model.config.vocab_size
+
+        def fill() -> _GrammarMasks:
+            from tritonlm.constraints import allocate_token_bitmask
+
+            bitmask = allocate_token_bitmask(len(rows), vocab_size)
+            errors: dict[int, BaseException] = {}
+            for j, matcher in enumerate(matchers):
+                try:
+                    matcher.fill_next_token_bitmask(bitmask, j)
+                except Exception as exc:  # fails that request alone
+                    errors[rows[j]] = exc
+            return _GrammarMasks(rows, bitmask, errors)
+
+        return self._mask_pool.submit(fill)
+
+    def _apply_grammar_masks(
+        self,
+        logits: torch.Tensor,
+        sampling: list[Request],
+        masks: Future[_GrammarMasks] | None,
+        deltas: list[StreamDelta],
     ) -> list[bool]:
         """Mask the logits of constrained rows in place; returns which rows are still live."""
         live = [True] * len(sampling)
-        rows = [i for i, r in enumerate(sampling) if r.matcher is not None]
-        if not rows:
+        if masks is None:
             return live
-        from tritonlm.constraints import allocate_token_bitmask
-
-        bitmask = allocate_token_bitmask(len(rows), logits.shape[1])
-        for j, i in enumerate(rows):
-            try:
-                sampling[i].matcher.fill_next_token_bitmask(bitmask, j)
-            except Exception as exc:
-                live[i] = False
-                self._fail(sampling[i], exc, deltas)
+        try:
+            result = masks.result()
+        except Exception as exc:  # the mask thread itself failed: fail the constrained rows
+            result = _GrammarMasks([], None, {i: exc for i, r in enumerate(sampling) if r.matcher is not None})
+        for i, exc in result.errors.items():
+            live[i] = False
+            self._fail(sampling[i], exc, deltas)
+        if result.bitmask is None:
+            return live
+        rows = result.rows
         try:
             sub = logits[rows]
-            self.model.ops.apply_token_bitmask(sub, torch.from_numpy(bitmask).to(logits.device))
+            self.model.ops.apply_token_bitmask(sub, torch.from_numpy(result.bitmask).to(logits.device))
             logits[rows] = sub
         except Exception as exc:
             for i in rows:

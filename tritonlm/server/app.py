@@ -81,9 +81,9 @@ class Server:
             raise APIError(404, f"the model '{name}' does not exist; this server has '{self.model_name}'",
                            code="model_not_found", param="model")
 
-    @staticmethod
-    def sampling_params(req: CompletionRequest | ChatCompletionRequest, max_tokens: int | None,
+    def sampling_params(self, req: CompletionRequest | ChatCompletionRequest, max_tokens: int | None,
                         logprobs: int | None) -> SamplingParams:
+        max_model_len = self.llm.engine.max_model_len
         constraint: dict[str, Any] = {}
         fmt = req.response_format
         if fmt is not None:
@@ -99,6 +99,9 @@ class Server:
                 constraint["json_schema"] = {"type": "object"}
             elif kind not in (None, "text"):
                 raise APIError(400, f"response_format.type={kind!r} is not supported", param="response_format")
+        if max_tokens is not None and max_tokens >= max_model_len:
+            raise APIError(400, f"max_tokens={max_tokens} does not fit this model's context of {max_model_len} "
+                                "tokens (prompt included)", code="context_length_exceeded", param="max_tokens")
         stop = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
         try:
             return SamplingParams(

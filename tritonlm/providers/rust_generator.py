@@ -1,0 +1,443 @@
+"""A reference code generator on :class:`ProviderAdapter`: Rust functions that compile.
+
+Flow: :class:`RustFunctionSpec` -> prompt -> :data:`RUST_GENERATION_SCHEMA` (our own schema:
+imports, lifetimes, generic parameters with trait bounds, variables with mutability, error
+handling, helper functions, implementation body) -> Rust source rendered from every part of
+the schema -> ``rustc --crate-type lib`` in a temporary directory under a timeout. A compile
+failure is fed back (the previous source and the compiler's errors in the prompt) up to
+``max_attempts`` times.
+
+The signature's name, parameters and return type come from the spec; the generics and
+lifetimes it mentions are declared from the schema's ``lifetimes`` and ``generic_params``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tritonlm.errors import ConfigError
+from tritonlm.providers.adapter import ProviderAdapter
+from tritonlm.providers.errors import ProviderError, StructuredOutputError
+from tritonlm.providers.json_output import schema_problems
+
+_IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+_TRAIT_BOUND = r"^[A-Za-z_?'][A-Za-z0-9_:<>, ()'&=+-]*$"
+
+# Array and string bounds keep a small model from looping inside one field (and keep a
+# constrained generation inside max_tokens); they are far above what a function needs.
+RUST_GENERATION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "imports": {
+            "type": "array",
+            "description": "use paths without 'use' and ';', e.g. std::collections::HashMap",
+            "items": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_:{}, *]*$", "maxLength": 100},
+            "maxItems": 6,
+        },
+        "lifetimes": {
+            "type": "array",
+            "description": "lifetime parameters of the function, e.g. 'a",
+            "items": {"type": "string", "pattern": r"^'[a-z][a-z0-9_]*$", "maxLength": 12},
+            "maxItems": 3,
+        },
+        "generic_params": {
+            "type": "array",
+            "description": "type parameters of the function with their trait bounds",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "pattern": _IDENT, "maxLength": 20},
+                    "trait_bounds": {
+                        "type": "array",
+                        "items": {"type": "string", "pattern": _TRAIT_BOUND, "maxLength": 60},
+                        "maxItems": 5,
+                    },
+                },
+                "required": ["name", "trait_bounds"],
+                "additionalProperties": False,
+            },
+            "maxItems": 3,
+        },
+        "variables": {
+            "type": "array",
+            "description": "local variables declared before the body, in order",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "pattern": _IDENT, "maxLength": 40},
+                    "type": {"type": "string", "maxLength": 100},
+                    "mutable": {"type": "boolean"},
+                    "initial_value": {"type": "string", "maxLength": 300},
+                },
+                "required": ["name", "type", "mutable", "initial_value"],
+                "additionalProperties": False,
+            },
+            "maxItems": 6,
+        },
+        "error_handling": {
+            "type": "object",
+            "properties": {
+                "strategy": {"enum": ["none", "result", "option", "panic"]},
+                "error_type": {"type": "string", "maxLength": 100},
+                "description": {"type": "string", "maxLength": 300},
+            },
+            "required": ["strategy", "error_type", "description"],
+            "additionalProperties": False,
+        },
+        "helper_functions": {
+            "type": "array",
+            "description": "complete private Rust functions the body calls",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "pattern": _IDENT, "maxLength": 40},
+                    "code": {"type": "string", "maxLength": 2000},
+                },
+                "required": ["name", "code"],
+                "additionalProperties": False,
+            },
+            "maxItems": 3,
+        },
+        "implementation_body": {
+            "type": "string",
+            "description": "the statements of the function body after the variables, ending with the result",
+            # a body cannot end inside an open call or block: when a model closes the JSON string
+            # early (an unescaped quote in `format!("...`), this makes it keep writing instead.
+            # (No maxLength here: with the pattern it makes the grammar ~20x slower to compile;
+            # max_tokens bounds the body.)
+            "pattern": r"[^\s(\[{,=]\s*$",
+        },
+    },
+    "required": [
+        "imports",
+        "lifetimes",
+        "generic_params",
+        "variables",
+        "error_handling",
+        "helper_functions",
+        "implementation_body",
+    ],
+    "additionalProperties": False,
+}
+
+
+@dataclass(frozen=True)
+class RustFunctionSpec:
+    """What to generate: ``pub fn name(parameters) -> return_type`` doing ``description``.
+
+    ``parameters`` are (name, Rust type) pairs; types may use the lifetimes and type
+    parameters the generator declares (say which in ``description``). ``return_type=None`` is
+    ``()``. ``examples`` are short behaviour examples for the prompt.
+    """
+
+    name: str
+    description: str
+    parameters: tuple[tuple[str, str], ...] = ()
+    return_type: str | None = None
+    examples: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "parameters", tuple(tuple(p) for p in self.parameters))
+        object.__setattr__(self, "examples", tuple(self.examples))
+        if not re.match(_IDENT, self.name):
+            raise ConfigError(f"RustFunctionSpec.name={self.name!r}: not a Rust identifier")
+        if not self.description.strip():
+            raise ConfigError("RustFunctionSpec.description must not be empty")
+        for param in self.parameters:
+            if len(param) != 2 or not re.match(_IDENT, param[0]) or not param[1].strip():
+                raise ConfigError(f"RustFunctionSpec.parameters: bad (name, type) pair {param!r}")
+
+    @property
+    def signature_params(self) -> str:
+        return ", ".join(f"{name}: {ty}" for name, ty in self.parameters)
+
+
+def _import_line(path: str) -> str:
+    path = path.strip().removeprefix("use ").strip().rstrip(";").strip()
+    return f"use {path};"
+
+
+def _doc_lines(text: str) -> list[str]:
+    return [f"/// {line}".rstrip() for line in text.strip().splitlines()] if text.strip() else []
+
+
+def render_rust_source(spec: RustFunctionSpec, generation: dict[str, Any]) -> str:
+    """The Rust source of ``generation`` (valid under RUST_GENERATION_SCHEMA) for ``spec``.
+
+    Every part is used: imports as ``use`` lines, helper functions before the function,
+    lifetimes and bounded type parameters in its generics, the error handling as its rustdoc
+    ``# Errors`` / ``# Panics`` section (and ``#[must_use]`` for Result/Option), the variables
+    as ``let`` / ``let mut`` statements, then the implementation body.
+    """
+    lines: list[str] = []
+    imports = list(dict.fromkeys(_import_line(i) for i in generation["imports"] if i.strip()))
+    lines += imports
+    if imports:
+        lines.append("")
+    for helper in generation["helper_functions"]:
+        lines += [helper["code"].strip(), ""]
+
+    error = generation["error_handling"]
+    lines += _doc_lines(spec.description)
+    section = {"result": "# Errors", "option": "# None", "panic": "# Panics"}.get(error["strategy"])
+    if section:
+        detail = error["description"].strip() or f"see {error['error_type']}"
+        suffix = f" (`{error['error_type'].strip()}`)" if error["error_type"].strip() else ""
+        lines += ["///", f"/// {section}", "///", *_doc_lines(detail + suffix)]
+    if error["strategy"] in ("result", "option"):
+        lines.append("#[must_use]")
+
+    generics = list(dict.fromkeys(lt.strip() for lt in generation["lifetimes"] if lt.strip()))
+    for param in generation["generic_params"]:
+        bounds = " + ".join(b.strip() for b in param["trait_bounds"] if b.strip())
+        generics.append(f"{param['name']}: {bounds}" if bounds else param["name"])
+    generic_list = f"<{', '.join(generics)}>" if generics else ""
+    returns = f" -> {spec.return_type}" if spec.return_type else ""
+    lines.append(f"pub fn {spec.name}{generic_list}({spec.signature_params}){returns} {{")
+    for var in generation["variables"]:
+        binding = f"mut {var['name']}" if var["mutable"] else var["name"]
+        lines.append(f"    let {binding}: {var['type']} = {var['initial_value']};")
+    for body_line in generation["implementation_body"].strip("\n").splitlines():
+        lines.append(f"    {body_line}" if body_line.strip() else "")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    ok: bool
+    stderr: str
+    timed_out: bool = False
+
+
+async def compile_rust_lib(source: str, *, rustc: str = "rustc", timeout_s: float = 60.0) -> CompileResult:
+    """``rustc --crate-type lib`` on ``source`` in a fresh temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="tritonlm-rust-") as tmp:
+        src = Path(tmp) / "lib.rs"
+        src.write_text(source, encoding="utf-8")
+        process = await asyncio.create_subprocess_exec(
+            rustc,
+            "--crate-type",
+            "lib",
+            "--edition",
+            "2021",
+            "--crate-name",
+            "generated",
+            "--out-dir",
+            tmp,
+            str(src),
+            cwd=tmp,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            _, stderr = await asyncio.wait_for(process.communicate(), timeout=timeout_s)
+        except asyncio.TimeoutError:  # not the builtin on Python 3.10
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            return CompileResult(ok=False, stderr=f"rustc timed out after {timeout_s}s", timed_out=True)
+        return CompileResult(ok=process.returncode == 0, stderr=stderr.decode(errors="replace"))
+
+
+@dataclass(frozen=True)
+class RustAttempt:
+    """One generation + compile round. ``generation`` is None when the model's answer did not
+    validate against the schema (``error`` says why); ``source`` and ``compile`` are then None."""
+
+    generation: dict[str, Any] | None
+    source: str | None
+    compile: CompileResult | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RustGenerationResult:
+    spec: RustFunctionSpec
+    attempts: tuple[RustAttempt, ...] = field(default=())
+
+    @property
+    def compiled(self) -> bool:
+        return any(a.compile is not None and a.compile.ok for a in self.attempts)
+
+    @property
+    def schema_valid(self) -> bool:
+        """Whether every answer of the model validated against the schema."""
+        return all(a.generation is not None for a in self.attempts)
+
+    @property
+    def source(self) -> str | None:
+        """The source of the last attempt that produced one (the compiling one, if any)."""
+        for attempt in reversed(self.attempts):
+            if attempt.source is not None:
+                return attempt.source
+        return None
+
+
+def _first_errors(stderr: str, limit: int = 1500) -> str:
+    """The compiler's error messages (warnings dropped), cut to ``limit`` characters."""
+    blocks = re.split(r"\n(?=(?:error|warning)(?:\[\w+\])?: )", stderr)
+    errors = [b for b in blocks if b.startswith("error")] or [stderr]
+    text = "\n".join(errors).strip()
+    return text if len(text) <= limit else text[:limit] + "\n..."
+
+
+def _task_text(spec: RustFunctionSpec) -> str:
+    returns = f" -> {spec.return_type}" if spec.return_type else ""
+    text = f"pub fn {spec.name}({spec.signature_params}){returns}\n{spec.description}"
+    if spec.examples:
+        text += "\nExamples: " + "; ".join(spec.examples)
+    return text
+
+
+# The worked example of the prompt (it uses every field; a test checks that it compiles).
+EXAMPLE_SPEC = RustFunctionSpec(
+    name="find_first",
+    description=(
+        "Return a reference to the first element of items equal to target, or an error naming the target. "
+        "Uses a lifetime 'a and a type parameter T: PartialEq + Debug."
+    ),
+    parameters=(("items", "&'a [T]"), ("target", "&T")),
+    return_type="Result<&'a T, String>",
+    examples=("find_first(&[1, 2, 3], &2) == Ok(&2)", 'find_first(&[1], &5) == Err("5 not found".to_string())'),
+)
+EXAMPLE_GENERATION: dict[str, Any] = {
+    "imports": ["std::fmt::Debug"],
+    "lifetimes": ["'a"],
+    "generic_params": [{"name": "T", "trait_bounds": ["PartialEq", "Debug"]}],
+    "variables": [
+        {"name": "position", "type": "Option<usize>", "mutable": False, "initial_value": "index_of(items, target)"}
+    ],
+    "error_handling": {
+        "strategy": "result",
+        "error_type": "String",
+        "description": "Err when target is not in items.",
+    },
+    "helper_functions": [
+        {
+            "name": "index_of",
+            "code": "fn index_of<T: PartialEq>(items: &[T], target: &T) -> Option<usize> {\n"
+            "    items.iter().position(|item| item == target)\n}",
+        }
+    ],
+    "implementation_body": (
+        'match position {\n    Some(i) => Ok(&items[i]),\n    None => Err(format!("{:?} not found", target)),\n}'
+    ),
+}
+
+
+class RustGenerator:
+    """Generates a compiling Rust function for a :class:`RustFunctionSpec` through an adapter."""
+
+    def __init__(
+        self,
+        adapter: ProviderAdapter,
+        *,
+        max_attempts: int = 3,
+        rustc: str = "rustc",
+        compile_timeout_s: float = 60.0,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        retry_temperature: float | None = None,
+    ) -> None:
+        if not isinstance(adapter, ProviderAdapter):
+            raise ConfigError(f"adapter must be a ProviderAdapter, got {type(adapter).__name__}")
+        if not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ConfigError(f"max_attempts={max_attempts!r}: must be an integer >= 1")
+        if shutil.which(rustc) is None:
+            raise ConfigError(f"rustc not found: {rustc!r}")
+        self.adapter = adapter
+        self.max_attempts = max_attempts
+        self.rustc = rustc
+        self.compile_timeout_s = compile_timeout_s
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        # retries may sample more freely, so a model does not repeat the answer it just gave
+        self.retry_temperature = retry_temperature if retry_temperature is not None else temperature
+
+    @staticmethod
+    def build_prompt(spec: RustFunctionSpec, previous: RustAttempt | None = None) -> str:
+        """The prompt of one attempt: the field rules, a worked example, the task, and after a
+        failed attempt its source and the compiler's errors (or why the answer was invalid)."""
+        parts = [
+            "Write one Rust function as a JSON object. Its fields are assembled into the source like this:\n"
+            "  use <imports>;\n  <helper_functions code>\n"
+            "  pub fn NAME<lifetimes, generic_params with trait_bounds>(PARAMETERS) -> RETURN {\n"
+            "      let [mut] <variables>;\n      <implementation_body>\n  }\n"
+            "Rules: the signature's name, parameters and return type are fixed by the task; declare in lifetimes "
+            "and generic_params exactly the lifetimes and type parameters it uses. implementation_body holds only "
+            "the statements inside the function (no signature, no helper code); its last expression is the "
+            "result. helper_functions are complete private fn items (or none). Do not redeclare the parameters. "
+            "Use only the standard library; prelude traits (Copy, Clone, PartialEq, PartialOrd, Eq, Ord, Default) "
+            "need no import. A String error needs .to_string() or format!. Inside JSON strings write a double "
+            'quote as \\" and a line break as \\n.',
+            "Example task: " + _task_text(EXAMPLE_SPEC),
+            "Example answer:\n" + json.dumps(EXAMPLE_GENERATION, indent=None),
+            "Example source:\n```rust\n" + render_rust_source(EXAMPLE_SPEC, EXAMPLE_GENERATION) + "```",
+            "Task: " + _task_text(spec),
+        ]
+        if previous is not None:
+            if previous.source is not None and previous.compile is not None:
+                parts.append(
+                    "Your previous answer assembled to:\n```rust\n"
+                    + previous.source
+                    + "```\nrustc rejected it:\n"
+                    + _first_errors(previous.compile.stderr)
+                    + "\nAnswer again with a corrected JSON object."
+                )
+            elif previous.error:
+                parts.append(f"Your previous answer was not valid: {previous.error[:500]}\nAnswer again.")
+        return "\n\n".join(parts)
+
+    async def generate(self, spec: RustFunctionSpec) -> RustGenerationResult:
+        attempts: list[RustAttempt] = []
+        previous: RustAttempt | None = None
+        for attempt_index in range(self.max_attempts):
+            prompt = self.build_prompt(spec, previous)
+            try:
+                prediction = await self.adapter(
+                    prompt=prompt,
+                    schema=RUST_GENERATION_SCHEMA,
+                    max_tokens=self.max_tokens,
+                    temperature=self.temperature if attempt_index == 0 else self.retry_temperature,
+                )
+            except StructuredOutputError as exc:
+                previous = RustAttempt(generation=None, source=None, compile=None, error=str(exc))
+                attempts.append(previous)
+                continue
+            except ProviderError:
+                raise
+            generation = {key: prediction[key] for key in RUST_GENERATION_SCHEMA["properties"]}
+            problems = schema_problems(generation, RUST_GENERATION_SCHEMA)
+            if problems:  # the adapter validated already; a broken provider must not slip through
+                previous = RustAttempt(generation=None, source=None, compile=None, error="; ".join(problems))
+                attempts.append(previous)
+                continue
+            source = render_rust_source(spec, generation)
+            result = await compile_rust_lib(source, rustc=self.rustc, timeout_s=self.compile_timeout_s)
+            previous = RustAttempt(generation=generation, source=source, compile=result)
+            attempts.append(previous)
+            if result.ok:
+                break
+        return RustGenerationResult(spec=spec, attempts=tuple(attempts))
+
+
+__all__ = [
+    "RUST_GENERATION_SCHEMA",
+    "CompileResult",
+    "RustAttempt",
+    "RustFunctionSpec",
+    "RustGenerationResult",
+    "RustGenerator",
+    "compile_rust_lib",
+    "render_rust_source",
+]
