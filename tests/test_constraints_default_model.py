@@ -32,7 +32,7 @@ def test_50_generations_over_10_schemas_all_validate(default_model):
         for case in SCHEMAS:
             for k in range(5):
                 prompts.append(_prompt(case))
-                params.append(SamplingParams(json_schema=case.schema, max_tokens=400, temperature=0.7 if k else 0.0,
+                params.append(SamplingParams(json_schema=case.schema, max_tokens=1024, temperature=0.7 if k else 0.0,
                                              seed=k))
                 cases.append(case)
         outputs = llm.generate(prompts, params)
