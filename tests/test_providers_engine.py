@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.server_support import RecordingServer, recording_server
-from tritonlm.model.config import Qwen2Config
+from tests.server_support import TINY_QWEN, RecordingServer, recording_server
 from tritonlm.model.qwen2 import Qwen2ForCausalLM
 from tritonlm.providers import (
     LocalProvider,
@@ -45,23 +44,12 @@ SCHEMA = {
     "required": ["ok", "kind", "tags"],
     "additionalProperties": False,
 }
-ENGINE_OPTIONS: dict[str, Any] = {"num_kv_blocks": 512, "max_model_len": 2048}
+ENGINE_OPTIONS: dict[str, Any] = {"num_kv_blocks": 512, "max_model_len": 1024}
 
 
 @pytest.fixture(scope="module")
 def tiny_loaded(qwen_tokenizer: Any) -> tuple[Any, Any]:
-    config = Qwen2Config(
-        vocab_size=151936,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=2048,
-        eos_token_id=151645,
-    )
-    return Qwen2ForCausalLM.random(config, seed=0), qwen_tokenizer
+    return Qwen2ForCausalLM.random(TINY_QWEN, seed=0), qwen_tokenizer
 
 
 class RecordingAsyncLLM(AsyncLLM):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,6 +160,48 @@ class Server:
             raise _error_from(output.error)
         return output
 
+    async def sse_events(
+        self,
+        stream: AsyncIterator[StreamDelta],
+        first: StreamDelta,
+        http: Request,
+        *,
+        head: list[bytes],
+        text_chunk: Callable[[int, str], bytes],
+        final_chunks: Callable[[RequestOutput], list[bytes]],
+    ) -> AsyncIterator[bytes]:
+        """The SSE body of a streamed request: ``head``, a chunk per text delta, the final chunks
+        and ``[DONE]``. Stops early when the client has gone; closing ``stream`` then aborts
+        the request, which frees its KV blocks."""
+        output = None
+        try:
+            for event in head:
+                yield event
+            pending = [first]
+            while True:
+                for delta in pending:
+                    if delta.text:
+                        yield text_chunk(delta.index, delta.text)
+                    if delta.finished:
+                        output = delta.output
+                if output is not None or await http.is_disconnected():
+                    break
+                try:
+                    pending = [await stream.__anext__()]
+                except StopAsyncIteration:
+                    break
+            if output is not None:
+                if output.error is not None:
+                    err = _error_from(output.error)
+                    yield _sse({"error": {"message": err.message, "type": err.type, "code": err.code}})
+                else:
+                    for event in final_chunks(output):
+                        yield event
+                yield _sse("[DONE]")
+        finally:
+            await stream.aclose()
+            self.account(output)
+
     # ---- metrics ---------------------------------------------------------------------------
     def metrics(self) -> str:
         engine = self.llm.engine
@@ -302,41 +344,22 @@ def build_app(llm: LLM, model_name: str) -> FastAPI:
                          "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
                                       "finish_reason": finish}]})
 
-        async def events() -> AsyncIterator[bytes]:
-            output = None
-            try:
-                for i in range(params.n):
-                    yield chunk(i, {"role": "assistant", "content": ""})
-                pending = [first]
-                while True:
-                    for d in pending:
-                        if d.text:
-                            yield chunk(d.index, {"content": d.text})
-                        if d.finished:
-                            output = d.output
-                    if output is not None or await http.is_disconnected():
-                        break
-                    try:
-                        pending = [await stream.__anext__()]
-                    except StopAsyncIteration:
-                        break
-                if output is not None:
-                    if output.error is not None:
-                        err = _error_from(output.error)
-                        yield _sse({"error": {"message": err.message, "type": err.type, "code": err.code}})
-                    else:
-                        for c in output.outputs:
-                            yield chunk(c.index, {}, c.finish_reason,
-                                        _chat_logprobs(tokenizer, c.logprobs) if c.logprobs is not None else None)
-                        if include_usage:
-                            yield _sse({"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                                        "model": model_name, "choices": [], "usage": _usage(output)})
-                    yield _sse("[DONE]")
-            finally:
-                await stream.aclose()  # aborts the request if it has not finished (client went away)
-                server.account(output)
+        def final(output: RequestOutput) -> list[bytes]:
+            events = [chunk(c.index, {}, c.finish_reason,
+                            _chat_logprobs(tokenizer, c.logprobs) if c.logprobs is not None else None)
+                      for c in output.outputs]
+            if include_usage:
+                events.append(_sse({"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                                    "model": model_name, "choices": [], "usage": _usage(output)}))
+            return events
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        events = server.sse_events(
+            stream, first, http,
+            head=[chunk(i, {"role": "assistant", "content": ""}) for i in range(params.n)],
+            text_chunk=lambda index, text: chunk(index, {"content": text}),
+            final_chunks=final,
+        )
+        return StreamingResponse(events, media_type="text/event-stream")
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, http: Request) -> Any:
@@ -370,38 +393,15 @@ def build_app(llm: LLM, model_name: str) -> FastAPI:
             return _sse({"id": completion_id, "object": "text_completion", "created": created, "model": model_name,
                          "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}]})
 
-        async def events() -> AsyncIterator[bytes]:
-            output = None
-            try:
-                pending = [first]
-                while True:
-                    for d in pending:
-                        if d.text:
-                            yield chunk(d.index, d.text)
-                        if d.finished:
-                            output = d.output
-                    if output is not None or await http.is_disconnected():
-                        break
-                    try:
-                        pending = [await stream.__anext__()]
-                    except StopAsyncIteration:
-                        break
-                if output is not None:
-                    if output.error is not None:
-                        err = _error_from(output.error)
-                        yield _sse({"error": {"message": err.message, "type": err.type, "code": err.code}})
-                    else:
-                        for c in output.outputs:
-                            yield chunk(c.index, "", c.finish_reason)
-                        if include_usage:
-                            yield _sse({"id": completion_id, "object": "text_completion", "created": created,
-                                        "model": model_name, "choices": [], "usage": _usage(output)})
-                    yield _sse("[DONE]")
-            finally:
-                await stream.aclose()
-                server.account(output)
+        def final(output: RequestOutput) -> list[bytes]:
+            events = [chunk(c.index, "", c.finish_reason) for c in output.outputs]
+            if include_usage:
+                events.append(_sse({"id": completion_id, "object": "text_completion", "created": created,
+                                    "model": model_name, "choices": [], "usage": _usage(output)}))
+            return events
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        events = server.sse_events(stream, first, http, head=[], text_chunk=chunk, final_chunks=final)
+        return StreamingResponse(events, media_type="text/event-stream")
 
     return app
 
