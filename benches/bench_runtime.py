@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from benches.llama_cpp_peer import llama_cpp_tokens_per_s
 from tritonlm.runtime.engine import Engine, EngineConfig
 from tritonlm.runtime.sampling_params import SamplingParams
 
@@ -177,6 +178,18 @@ def hf_tokens_per_s(hf: tuple[Any, Any], batch: int, new_tokens: int) -> float:
     return batch * (out.shape[1] - enc["input_ids"].shape[1]) / elapsed
 
 
+def llama_cpp_peer(loaded: Any) -> Any:
+    """llama.cpp on the default GGUF with up to 32 parallel sequences, or None if not installed."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return None
+    from benches.llama_cpp_peer import LlamaCppBatched
+    from tritonlm.model.default import ensure_default_gguf
+
+    return LlamaCppBatched(ensure_default_gguf(), n_ctx=4096, n_seq_max=32)
+
+
 def main() -> None:
     """Interleaves tritonlm and HF per batch size, best of ``REPEATS`` runs each (the CPU is shared)."""
     import os
@@ -194,25 +207,30 @@ def main() -> None:
     hf_tok.padding_side = "left"
     hf_model = AutoModelForCausalLM.from_pretrained(ensure_default_model(), dtype=torch.bfloat16)
     hf = (hf_tok, hf_model)
+    peer = llama_cpp_peer(loaded)
     tritonlm_tokens_per_s(llm, 1, 2)
     hf_tokens_per_s(hf, 1, 2)
     load_before = os.getloadavg()[0]
     rows = []
     for batch in (1, 4, 16, 32):
-        ours, theirs = [], []
+        ours, theirs, llama = [], [], []
+        prompt_ids = [loaded.tokenizer.encode(f"{PROMPT}# variant {i}\n", add_special_tokens=False)
+                      for i in range(batch)]
         for _ in range(repeats):
             ours.append(tritonlm_tokens_per_s(llm, batch, new_tokens))
             theirs.append(hf_tokens_per_s(hf, batch, new_tokens))
-        rows.append((batch, max(ours), max(theirs)))
-        print(f"batch {batch}: tritonlm {ours} tok/s, HF {theirs} tok/s", flush=True)
+            if peer is not None:
+                llama.append(llama_cpp_tokens_per_s(peer, prompt_ids, new_tokens))
+        rows.append((batch, max(ours), max(theirs), f"{max(llama):.2f}" if llama else "not installed"))
+        print(f"batch {batch}: tritonlm {ours} tok/s, HF {theirs} tok/s, llama.cpp {llama} tok/s", flush=True)
     llm.close()
     lines = [
         f"{new_tokens} new tokens per request, greedy, best of {repeats} interleaved runs; "
         f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (2 cores).",
         "",
-        "| batch | tritonlm tok/s | HF transformers (batched generate) tok/s | llama.cpp tok/s |",
+        "| batch | tritonlm bf16 tok/s | HF transformers bf16 (batched generate) tok/s | llama.cpp Q4_K_M tok/s |",
         "|---:|---:|---:|---:|",
-        *[f"| {b} | {o:.2f} | {h:.2f} | not measured |" for b, o, h in rows],
+        *[f"| {b} | {o:.2f} | {h:.2f} | {ll} |" for b, o, h, ll in rows],
     ]
     print("\n".join(lines))
     if len(sys.argv) > 1:

@@ -96,3 +96,29 @@ def test_regex_on_qwen(qwen_tokenizer, qwen_info) -> None:
         assert matcher.accept_token(t)
     assert matcher.can_terminate()
     assert not grammar.matcher().accept_token(qwen_tokenizer.encode("abc")[0])
+
+
+@pytest.mark.parametrize("case", SCHEMAS, ids=lambda c: c.name)
+def test_completion_tokens_finish_every_prefix_validly(qwen_tokenizer, case) -> None:
+    """find_completion_tokens, from every token prefix of each example document, gives tokens
+    the matcher accepts, after which it can end, and the whole text validates."""
+    import json as _json
+
+    jsonschema = pytest.importorskip("jsonschema")
+    from tritonlm.constraints import compile_json_schema
+
+    grammar = compile_json_schema(case.schema, qwen_tokenizer)
+    for example in case.examples[:2]:
+        ids = qwen_tokenizer.encode(_json.dumps(example, separators=(",", ":"), ensure_ascii=False),
+                                    add_special_tokens=False)
+        for cut in range(len(ids) + 1):
+            matcher = grammar.matcher()
+            assert all(matcher.accept_token(t) for t in ids[:cut])
+            completion = matcher.find_completion_tokens()
+            assert completion is not None, (case.name, qwen_tokenizer.decode(ids[:cut]))
+            assert all(matcher.accept_token(t) for t in completion)
+            assert matcher.can_terminate()
+            text = qwen_tokenizer.decode(ids[:cut] + completion)
+            jsonschema.validate(_json.loads(text), case.schema,
+                                format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+        assert matcher.find_completion_tokens() == []

@@ -84,3 +84,40 @@ def test_jump_forward_keeps_logprobs_aligned(qwen_tokenizer) -> None:
     out = engine.run_until_done()[rid].outputs[0]
     assert json.loads(out.text) == {"key": "value"}
     assert len(out.logprobs) == len(out.token_ids)
+
+
+TREE_SCHEMA = {
+    "$defs": {
+        "node": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "children": {"type": "array", "items": {"$ref": "#/$defs/node"}},
+            },
+            "required": ["name"],
+            "additionalProperties": False,
+        }
+    },
+    "$ref": "#/$defs/node",
+}
+
+
+@pytest.mark.parametrize("max_tokens", [12, 23, 40])
+def test_unbounded_outputs_close_within_max_tokens(qwen_tokenizer, max_tokens) -> None:
+    """A random model under a recursive schema rarely ends by itself; every output must still
+    be complete, valid JSON within max_tokens, ending with EOS."""
+    jsonschema = pytest.importorskip("jsonschema")
+    engine = make_engine(qwen_tokenizer)
+    prompts = random_prompts(6, seed=31)
+    ids = [
+        engine.add_request(p, SamplingParams(temperature=1.2, seed=k, max_tokens=max_tokens, json_schema=TREE_SCHEMA))
+        for k, p in enumerate(prompts)
+    ]
+    outputs = engine.run_until_done()
+    for rid in ids:
+        out = outputs[rid].outputs[0]
+        assert out.finish_reason == "stop", (out.finish_reason, out.text)
+        assert len(out.token_ids) <= max_tokens
+        jsonschema.validate(json.loads(out.text), TREE_SCHEMA)
+    assert engine.stats.num_closed_early >= 1
+    engine.check_block_accounting()

@@ -173,7 +173,25 @@ class Matcher:
     def find_forced_tokens(self) -> list[int]:
         """Token ids spelling the forced bytes (greedy longest match); accepting them in order
         is always allowed. Empty when the next byte is not forced."""
-        data = self.find_forced_bytes()
+        return self._spell(self.find_forced_bytes())
+
+    def find_completion_tokens(self) -> list[int] | None:
+        """Token ids that complete the output from here (EOS not included), few but not
+        always the fewest; ``[]`` when it can end now, None when no completion was found.
+        Accepting them in order is always allowed. Used to close an output before its token
+        budget runs out."""
+        if self._terminated:
+            return []
+        data = self._core.completion(self.state)
+        if data is None:
+            return None
+        tokens = self._spell(data)
+        if sum(len(self._info.grammar_bytes(t)) for t in tokens) != len(data):
+            return None
+        return tokens
+
+    def _spell(self, data: bytes) -> list[int]:
+        """Greedy longest-match token ids spelling ``data`` (stops early if a byte has no token)."""
         idx = self._info.index
         cs, cb, cn, ts, ti = idx.child_start, idx.child_byte, idx.child_node, idx.tok_start, idx.tok_ids
         tokens: list[int] = []

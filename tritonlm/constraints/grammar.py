@@ -21,11 +21,12 @@ import pickle
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .automata import ByteDFA
-from .nodes import STAY, CountedStringNode, KeyLeafNode, Layout, LeafNode, Node, NumberNode
+from .nodes import STAY, ArrayNode, CountedStringNode, KeyLeafNode, Layout, LeafNode, Node, NumberNode, ObjectNode
 from .tokenizer_info import TokenizerInfo, VocabIndex
 
 Stack = tuple  # ((node_id, local), rest | None)
@@ -34,6 +35,14 @@ LeafTable = tuple[np.ndarray, list[tuple[int, bytes, np.ndarray]]]
 _LEAF_TABLES: dict[tuple[str, int, int], LeafTable] = {}
 _LEAF_TABLES_MAX = 4096
 _MASK_CACHE_MAX = 2048  # memoised masks per grammar (per stack and per state) before starting over
+_COMPLETION_BEAMS = (1, 8, 48)  # beam widths the completion search tries in turn
+_COMPLETION_MAX_BYTES = 1024
+_COMPLETION_MAX_STEPS = 60_000  # byte steps one beam may try (bounds the search's time)
+_COMPLETION_MEMO_MAX = 100_000
+# bytes the completion search tries, best first: closers, separators, what keys, numbers,
+# literals and common formats need; then the rest of printable ASCII as a fallback
+_COMPLETION_BYTES = b'"}],:0{[' + bytes(range(0x61, 0x7B)) + b"123456789-.@/_T" + bytes(range(0x41, 0x5B))
+_COMPLETION_BYTE_ORDER = tuple(dict.fromkeys(_COMPLETION_BYTES + bytes(range(0x20, 0x7F))))
 _WALK_MAX_TOKENS = 3000  # DFA states letting fewer tokens start are matched by trie walk, others with numpy
 
 
@@ -73,6 +82,7 @@ class GrammarCore:
         self._exit_index: dict[int, tuple[list, dict[int, list[int]]]] = {}
         self._bucket_index: dict[int, tuple[list, dict]] = {}
         self._subtree_memo: dict[tuple[int, int], list[tuple[bytes, np.ndarray]]] = {}
+        self.completion_memo: dict[int, bytes | None] = {}
 
     # -- building -------------------------------------------------------------------------
     def add_node(self, node: Node) -> int:
@@ -198,6 +208,110 @@ class GrammarCore:
             r = any(self.stack_can_end(s) for s in self.sets[sid])
             self.end_memo[sid] = r
         return r
+
+    def _open_work(self, sid: int) -> int:
+        """A rough count of what state ``sid`` must still close or write, fewest over its
+        stacks: one per open node, three per missing required key or array item, the bytes a
+        string, key or literal needs to reach an accepting state, and the length of a number
+        being written (numbers grow without bound otherwise)."""
+        best = 1 << 30
+        for stack in self.sets[sid]:
+            work = 0
+            while stack is not None:
+                (nid, local), stack = stack
+                node = self.nodes[nid]
+                work += 1
+                if isinstance(node, ObjectNode) and local[0] >= 0:
+                    work += 3 * bin(node.required_mask & ~local[1]).count("1")
+                elif isinstance(node, ArrayNode) and local[0] >= 0:
+                    work += 3 * max(0, node.min_items - local[1])
+                elif isinstance(node, NumberNode):
+                    work += len(local) + (node.result(local) is None)
+                elif isinstance(node, CountedStringNode):
+                    work += _accept_distance(node.dfa)[local[0]] + max(0, node.min_len - local[1])
+                elif isinstance(node, KeyLeafNode) and stack is not None:
+                    work += _accept_distance(node.dfa, self._missing_key_labels(stack[0]))[local]
+                elif isinstance(node, LeafNode):
+                    work += _accept_distance(node.dfa)[local]
+            best = min(best, work)
+        return best
+
+    def _missing_key_labels(self, parent: tuple[int, Any]) -> frozenset[int] | None:
+        """The key-leaf labels naming a required key the parent object still misses (None
+        when it misses none: any key will do)."""
+        nid, (_, seen, *_) = parent
+        node = self.nodes[nid]
+        if not isinstance(node, ObjectNode):
+            return None
+        missing = node.required_mask & ~seen
+        if not missing:
+            return None
+        _, outcomes = node.key_leaf_for_seen(seen)
+        labels = frozenset(lab for lab, (index, _) in enumerate(outcomes) if index >= 0 and missing >> index & 1)
+        return labels or None
+
+    def completion(self, sid: int) -> bytes | None:
+        """A short byte string taking state ``sid`` to a state that can end (b"" if it can end
+        already); None if none is found.
+
+        Breadth-first over bytes with a beam that keeps the states with the least open work
+        (ties: closing bytes first); a greedy dive (beam 1) first, wider beams if it fails,
+        each bounded by ``_COMPLETION_MAX_STEPS`` byte steps. Not always the shortest, and it
+        can miss where a completion must spell long key names through a crowd of alternatives.
+        Every state on a found path is memoised with its suffix.
+        """
+        memo = self.completion_memo
+        if sid in memo:
+            return memo[sid]
+        if len(memo) >= _COMPLETION_MEMO_MAX:
+            memo.clear()
+        for beam in _COMPLETION_BEAMS:
+            found = self._completion_search(sid, beam)
+            if found is not None:
+                return found
+        memo[sid] = None
+        return None
+
+    def _completion_search(self, sid: int, beam: int) -> bytes | None:
+        memo = self.completion_memo
+        parents: dict[int, tuple[int, int]] = {sid: (-1, -1)}
+        level = [sid]
+        found = -1
+        work = 0
+        for _ in range(_COMPLETION_MAX_BYTES):
+            for s in level:
+                if self.can_end(s) or memo.get(s) is not None:
+                    found = s
+                    break
+            if found >= 0 or not level or work > _COMPLETION_MAX_STEPS:
+                break
+            work += len(level) * len(_COMPLETION_BYTE_ORDER)
+            # states are marked seen only once kept, so one pruned here can come back later
+            candidates: dict[int, tuple[int, int, int, int]] = {}  # state -> (work, rank, parent, byte)
+            for s in level:
+                for rank, b in enumerate(_COMPLETION_BYTE_ORDER):
+                    t = self.step(s, b)
+                    if t >= 0 and t not in parents and t not in candidates:
+                        candidates[t] = (self._open_work(t), rank, s, b)
+            kept = sorted(candidates, key=candidates.__getitem__)[:beam]
+            for t in kept:
+                parents[t] = candidates[t][2:]
+            level = kept
+        if found < 0:
+            return None
+        path: list[int] = []
+        s = found
+        while s != sid:
+            s, b = parents[s]
+            path.append(b)
+        path.reverse()
+        tail = b"" if self.can_end(found) else memo[found] or b""
+        s = sid
+        for i, b in enumerate(path):
+            memo[s] = bytes(path[i:]) + tail
+            s = self.step(s, b)
+        memo[s] = tail
+        return memo[sid]
 
     # -- tokens ---------------------------------------------------------------------------
     @property
@@ -638,6 +752,39 @@ class GrammarCore:
                 tid = int(order[h])
                 groups.setdefault((lab, vocab[tid][p:]), []).append(tid)
         return inside, [(lab, suffix, np.array(ids, dtype=np.int64)) for (lab, suffix), ids in groups.items()]
+
+
+def _accept_distance(dfa: ByteDFA, labels: frozenset[int] | None = None) -> list[int]:
+    """Per DFA state, the fewest bytes to an accepting state (with a label in ``labels``, if
+    given); a large number if there is none. Computed once per DFA and label set."""
+    cache = dfa.__dict__.setdefault("_accept_distance", {})
+    dist = cache.get(labels)
+    if dist is None:
+        n = dfa.size
+        preds = dfa.__dict__.get("_preds")
+        if preds is None:
+            preds = [[] for _ in range(n)]
+            for q, row in enumerate(dfa.rows):
+                for t in set(row):
+                    if t >= 0:
+                        preds[t].append(q)
+            dfa.__dict__["_preds"] = preds
+        dist = [1 << 20] * n
+        frontier = [q for q in range(n) if dfa.labels[q] >= 0 and (labels is None or dfa.labels[q] in labels)]
+        for q in frontier:
+            dist[q] = 0
+        d = 0
+        while frontier:
+            d += 1
+            nxt = []
+            for t in frontier:
+                for q in preds[t]:
+                    if dist[q] > d:
+                        dist[q] = d
+                        nxt.append(q)
+            frontier = nxt
+        cache[labels] = dist
+    return dist
 
 
 def _unique_completion(dfa: ByteDFA, q: int) -> bytes | None:

@@ -57,7 +57,9 @@ ARRAY_KW = ("items", "prefixItems", "additionalItems", "minItems", "maxItems", "
 TYPES = ("null", "boolean", "object", "array", "string", "integer", "number")
 
 FORMATS = {
-    "date": r"^\d{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\d|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]\d|30)"
+    # years 0001-9999 (RFC 3339 allows 0000; Python's datetime, and so jsonschema's checker, does not)
+    "date": r"^(?:[1-9]\d{3}|0[1-9]\d\d|00[1-9]\d|000[1-9])-"
+            r"(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\d|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]\d|30)"
             r"|02-(?:0[1-9]|1\d|2[0-8]))$",
     "time": r"^(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d+)?(?:[Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)$",
     "uuid": r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",

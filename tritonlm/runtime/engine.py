@@ -36,6 +36,11 @@ from tritonlm.runtime.scheduler import Scheduler, SchedulerOutput
 
 Prompt = str | Sequence[dict[str, Any]] | Sequence[int]
 
+# A constrained output this many tokens from its budget starts closing: a sampled token whose
+# shortest completion would no longer fit is replaced by the next token of the current one,
+# and once the completion needs the whole budget it is appended with EOS.
+CLOSING_WINDOW_TOKENS = 32
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -112,6 +117,7 @@ class EngineStats:
     batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=100_000))  # requests per step
     batch_tokens: deque[int] = field(default_factory=lambda: deque(maxlen=100_000))  # tokens per step
     num_steps: int = 0
+    num_closed_early: int = 0  # constrained outputs completed by the grammar to fit their budget
 
 
 class Engine:
@@ -158,7 +164,9 @@ class Engine:
         self._ids = itertools.count()
         self._arrivals = itertools.count()
         self._rng = random.Random(config.seed)
-        self._eos_token_ids = frozenset(getattr(tokenizer, "eos_token_ids", ()) or model.config.eos_token_ids)
+        eos_ids = tuple(getattr(tokenizer, "eos_token_ids", ()) or model.config.eos_token_ids)
+        self._eos_token_ids = frozenset(eos_ids)
+        self._closing_eos = eos_ids[0] if eos_ids else -1  # the EOS that closes a constrained output
         self._pending: list[StreamDelta] = []  # deltas produced outside step() (aborts)
         self._mask_pool: ThreadPoolExecutor | None = None  # fills grammar masks during the forward
 
@@ -406,11 +414,63 @@ class Engine:
             if not live[i] or request.is_finished:
                 continue
             try:
-                self._append_token(request, sampled.token_ids[i], sampled.logprobs[i], now, deltas)
+                token, logprob = sampled.token_ids[i], sampled.logprobs[i]
+                closes = self._closes_within_budget(request)
+                if closes:
+                    token = self._fit_token_to_budget(request, token)
+                    logprob = None
+                self._append_token(request, token, logprob, now, deltas)
                 if request.matcher is not None and not request.is_finished and request.params.logprobs is None:
                     self._jump_forward(request, now, deltas)
+                if closes and not request.is_finished:
+                    self._close_if_due(request, now, deltas)
             except Exception as exc:
                 self._fail(request, exc, deltas)
+
+    # ---- closing constrained outputs within max_tokens --------------------------------------------
+    # Only outputs without logprobs (forced tokens have none) that stop at EOS take part.
+    def _closes_within_budget(self, request: Request) -> bool:
+        params = request.params
+        return (
+            request.matcher is not None
+            and params.logprobs is None
+            and not params.ignore_eos
+            and self._remaining_tokens(request) <= CLOSING_WINDOW_TOKENS
+        )
+
+    @staticmethod
+    def _remaining_tokens(request: Request) -> int:
+        """Tokens the request may still append, EOS included."""
+        return min(
+            request.params.max_tokens - request.num_output_tokens, request.max_total_tokens - request.num_tokens
+        )
+
+    def _fit_token_to_budget(self, request: Request, token: int) -> int:
+        """``token``, or the next token of the current completion if the output could no longer
+        be completed (with EOS) within the budget after ``token``. The matcher is left as it was."""
+        matcher = request.matcher
+        current = matcher.find_completion_tokens()
+        if current is None or token in self._eos_token_ids:
+            return token
+        if not matcher.accept_token(token):
+            return token  # not allowed at all: _append_token reports it
+        after = matcher.find_completion_tokens()
+        matcher.rollback(1)
+        if after is not None and len(after) + 1 <= self._remaining_tokens(request) - 1:
+            return token
+        return current[0] if current else self._closing_eos
+
+    def _close_if_due(self, request: Request, now: float, deltas: list[StreamDelta]) -> None:
+        """Append the completion and EOS once they need the whole remaining budget."""
+        completion = request.matcher.find_completion_tokens()
+        if completion is None or len(completion) + 1 < self._remaining_tokens(request):
+            return
+        self.stats.num_closed_early += 1
+        for token in [*completion, self._closing_eos]:
+            self._append_token(request, token, None, now, deltas)
+            if request.is_finished:
+                return
+
 
     def _jump_forward(self, request: Request, now: float, deltas: list[StreamDelta]) -> None:
         """Append the tokens the grammar forces next without sampling them (jump-forward).
