@@ -121,18 +121,31 @@ def paged_decode_attention(
 ) -> torch.Tensor:
     """One query token per sequence: ``q [B, Hq, D]`` over its ``context_lens[b]`` cached tokens.
 
-    Grouped-query attention: query head ``h`` reads kv head ``h // (Hq // Hk)``. Each sequence is
-    computed on its own, so a sequence's result does not depend on the rest of the batch.
-    Returns ``[B, Hq, D]`` in q's dtype.
+    Grouped-query attention: query head ``h`` reads kv head ``h // (Hq // Hk)``. A batch runs as
+    one SDPA call over keys padded to the longest context, the padding masked out: masked keys
+    add exact zeros, so a sequence's result does not depend on the rest of the batch (a single
+    sequence takes the unmasked call HF transformers makes). Returns ``[B, Hq, D]`` in q's dtype.
     """
     num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
     flat_k = k_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
     flat_v = v_cache.view(num_blocks * block_size, num_kv_heads, head_dim)
-    out = torch.empty_like(q)
-    for b, ctx in enumerate(context_lens.tolist()):
-        slots = _gather_slots(block_tables[b], int(ctx), block_size)
-        out[b] = _attend_one(q[b : b + 1], flat_k, flat_v, slots, scale)[0]
-    return out
+    batch = q.shape[0]
+    if batch == 1:
+        slots = _gather_slots(block_tables[0], int(context_lens[0]), block_size)
+        return _attend_one(q, flat_k, flat_v, slots, scale)
+    lens = context_lens.to(device=q.device, dtype=torch.long)[:, None]
+    pos = torch.arange(int(lens.max()), device=q.device)[None, :]
+    # padded positions re-read the sequence's last key (finite data: masked scores and zero
+    # weights then contribute exact zeros, where unwritten cache slots could hold NaN)
+    read = torch.minimum(pos, lens - 1)  # [B, L]
+    slots = block_tables.long().gather(1, read // block_size) * block_size + read % block_size
+    keys = flat_k[slots].transpose(1, 2)  # [B, Hk, L, D]
+    values = flat_v[slots].transpose(1, 2)
+    mask = (pos < lens)[:, None, None, :]  # [B, 1, 1, L]
+    out = F.scaled_dot_product_attention(
+        q[:, :, None, :], keys, values, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != num_kv_heads
+    )
+    return out[:, :, 0, :]
 
 
 def prefill_attention(

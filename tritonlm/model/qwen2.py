@@ -1,8 +1,15 @@
 """The Qwen2 / Qwen2.5 decoder forward pass over a paged KV cache.
 
 Every op goes through :class:`tritonlm.kernels.Ops` (one backend chosen at construction);
-the forward never branches on the device. Linear layers are plain ``F.linear`` (q/k/v and
-gate/up are fused into one matmul each).
+the forward never branches on the device. Linear layers are ``F.linear`` through
+:meth:`Qwen2ForCausalLM.linear` (q/k/v and gate/up are fused into one matmul each).
+
+A bfloat16 model on the CPU multiplies by weights prepacked for oneDNN (when torch has it):
+single-row inputs (decode at batch 1, bound by reading the weights) by bf16 packs, inputs of
+two rows or more (batched decode, prefill) by float32 packs of the same bf16 values, because
+this project's AVX-512 BF16 CPUs run oneDNN's bf16 GEMM 2-4x slower than its fp32 GEMM from two
+rows up. Products of bf16 values are exact in float32 and both paths accumulate in float32 and
+round to bf16, so the results differ from ``F.linear`` only in summation order.
 """
 
 from __future__ import annotations
@@ -57,7 +64,10 @@ class Qwen2ForCausalLM:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         ops: Ops | None = None,
+        packed_matmul: bool | None = None,
     ) -> None:
+        """``packed_matmul``: multiply by oneDNN-prepacked weights (None: for a bf16 model on the
+        CPU when torch has oneDNN; see the module docstring)."""
         self.config = config
         self.dtype = dtype
         self.device = torch.device(device)
@@ -110,6 +120,35 @@ class Qwen2ForCausalLM:
             self.lm_head = take("lm_head.weight", (c.vocab_size, h)).contiguous()
         self.cos_sin_cache = rope_cos_sin_cache(c.head_dim, c.max_position_embeddings, c.rope_theta, self.device)
         self.scale = c.head_dim**-0.5
+        self._packed: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+        if packed_matmul is None:
+            packed_matmul = dtype == torch.bfloat16 and self.device.type == "cpu" and _onednn_linear_available()
+        if packed_matmul:
+            self._pack_weights()
+
+    def _pack_weights(self) -> None:
+        """id(weight or bias) -> (bf16 pack, float32 pack) for :meth:`linear` (biases unpacked)."""
+        reorder = torch.ops.mkldnn._reorder_linear_weight
+        packed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for lw in self.layers:
+            for w in (lw.qkv_weight, lw.o_weight, lw.gate_up_weight, lw.down_weight):
+                packed[id(w)] = (reorder(w, None), reorder(w.float(), None))
+            packed[id(lw.qkv_bias)] = (lw.qkv_bias, lw.qkv_bias.float())
+        packed[id(self.lm_head)] = (reorder(self.lm_head, None), reorder(self.lm_head.float(), None))
+        self._packed = packed
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [N, in] @ weight.T + bias`` in x's dtype (prepacked weights where the model has
+        them, see the module docstring)."""
+        packed = self._packed
+        if packed is None:
+            return F.linear(x, weight, bias)
+        wide = x.shape[0] > 1
+        w = packed[id(weight)][wide]
+        b = None if bias is None else packed[id(bias)][wide]
+        if wide:
+            return torch.ops.mkldnn._linear_pointwise(x.float(), w, b, "none", [], "").to(x.dtype)
+        return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
 
     # ------------------------------------------------------------------------------------
     @classmethod
@@ -180,7 +219,7 @@ class Qwen2ForCausalLM:
                 residual, x = hidden, ops.rms_norm(hidden, lw.input_norm, eps)
             else:
                 residual, x = ops.fused_add_rms_norm(hidden, residual, lw.input_norm, eps)
-            qkv = F.linear(x, lw.qkv_weight, lw.qkv_bias)
+            qkv = self.linear(x, lw.qkv_weight, lw.qkv_bias)
             q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
             q = q.reshape(num_tokens, c.num_attention_heads, c.head_dim)
             k = k.reshape(num_tokens, c.num_key_value_heads, c.head_dim)
@@ -212,9 +251,9 @@ class Qwen2ForCausalLM:
                 o = ops.prefill_attention(
                     q, k_cache, v_cache, attn.cu_seqlens_q, attn.context_lens, attn.block_tables, self.scale
                 )
-            hidden = F.linear(o.reshape(num_tokens, q_size), lw.o_weight)
+            hidden = self.linear(o.reshape(num_tokens, q_size), lw.o_weight)
             residual, x = ops.fused_add_rms_norm(hidden, residual, lw.post_norm, eps)
-            hidden = F.linear(ops.silu_and_mul(F.linear(x, lw.gate_up_weight)), lw.down_weight)
+            hidden = self.linear(ops.silu_and_mul(self.linear(x, lw.gate_up_weight)), lw.down_weight)
         if residual is None:
             return ops.rms_norm(hidden, self.norm, eps)
         _, out = ops.fused_add_rms_norm(hidden, residual, self.norm, eps)
@@ -224,8 +263,15 @@ class Qwen2ForCausalLM:
 
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``hidden [N, H]`` -> logits ``[N, V]`` in float32 (the matmul runs in the model dtype)."""
-        return F.linear(hidden, self.lm_head).float()
+        """``hidden [N, H]`` -> logits ``[N, V]`` in float32 (rounded to the model dtype first)."""
+        return self.linear(hidden, self.lm_head).float()
+
+
+def _onednn_linear_available() -> bool:
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def random_state_dict(config: Qwen2Config, *, seed: int = 0, std: float = 0.02) -> dict[str, torch.Tensor]:
