@@ -4,12 +4,14 @@ Every op goes through :class:`tritonlm.kernels.Ops` (one backend chosen at const
 the forward never branches on the device. Linear layers are ``F.linear`` through
 :meth:`Qwen2ForCausalLM.linear` (q/k/v and gate/up are fused into one matmul each).
 
-A bfloat16 model on the CPU multiplies by weights prepacked for oneDNN (when torch has it):
-single-row inputs (decode at batch 1, bound by reading the weights) by bf16 packs, inputs of
-two rows or more (batched decode, prefill) by float32 packs of the same bf16 values, because
-this project's AVX-512 BF16 CPUs run oneDNN's bf16 GEMM 2-4x slower than its fp32 GEMM from two
-rows up. Products of bf16 values are exact in float32 and both paths accumulate in float32 and
-round to bf16, so the results differ from ``F.linear`` only in summation order.
+A bfloat16 model on the CPU multiplies by weights prepacked for oneDNN (when torch has it)
+in every step that decodes: a single row (batch 1, bound by reading the weights) by bf16 packs,
+two rows or more by float32 packs of the same bf16 values, because this project's AVX-512 BF16
+CPUs run oneDNN's bf16 GEMM 2-4x slower than its fp32 GEMM from two rows up. Products of bf16
+values are exact in float32 and both accumulate in float32 and round to bf16, so results differ
+only in summation order. A step of prompt tokens alone (a request's prefill, no decodes beside
+it) keeps the plain bf16 ``F.linear`` of HF transformers: greedy bf16 decoding is sensitive to
+the prompt's rounding, and a lone request's first tokens then match HF's.
 """
 
 from __future__ import annotations
@@ -137,12 +139,17 @@ class Qwen2ForCausalLM:
         packed[id(self.lm_head)] = (reorder(self.lm_head, None), reorder(self.lm_head.float(), None))
         self._packed = packed
 
-    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """``x [N, in] @ weight.T + bias`` in x's dtype (prepacked weights where the model has
-        them, see the module docstring)."""
-        packed = self._packed
-        if packed is None:
+    def linear(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, packed: bool = False
+    ) -> torch.Tensor:
+        """``x [N, in] @ weight.T + bias`` in x's dtype; ``packed``: by the prepacked weights
+        where the model has them (see the module docstring)."""
+        if not packed or self._packed is None:
             return F.linear(x, weight, bias)
+        return self._packed_linear(x, weight, bias)
+
+    def _packed_linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        packed = self._packed
         wide = x.shape[0] > 1
         w = packed[id(weight)][wide]
         b = None if bias is None else packed[id(bias)][wide]
@@ -212,6 +219,7 @@ class Qwen2ForCausalLM:
         num_tokens = input_ids.shape[0]
         eps = c.rms_norm_eps
         q_size, kv_size = c.q_size, c.kv_size
+        packed = attn.is_decode or attn.num_decode_seqs > 0  # not for a batch of prompt tokens alone
         hidden = F.embedding(input_ids, self.embed_tokens)
         residual: torch.Tensor | None = None
         for i, lw in enumerate(self.layers):
@@ -219,7 +227,7 @@ class Qwen2ForCausalLM:
                 residual, x = hidden, ops.rms_norm(hidden, lw.input_norm, eps)
             else:
                 residual, x = ops.fused_add_rms_norm(hidden, residual, lw.input_norm, eps)
-            qkv = self.linear(x, lw.qkv_weight, lw.qkv_bias)
+            qkv = self.linear(x, lw.qkv_weight, lw.qkv_bias, packed)
             q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
             q = q.reshape(num_tokens, c.num_attention_heads, c.head_dim)
             k = k.reshape(num_tokens, c.num_key_value_heads, c.head_dim)
@@ -251,9 +259,10 @@ class Qwen2ForCausalLM:
                 o = ops.prefill_attention(
                     q, k_cache, v_cache, attn.cu_seqlens_q, attn.context_lens, attn.block_tables, self.scale
                 )
-            hidden = self.linear(o.reshape(num_tokens, q_size), lw.o_weight)
+            hidden = self.linear(o.reshape(num_tokens, q_size), lw.o_weight, None, packed)
             residual, x = ops.fused_add_rms_norm(hidden, residual, lw.post_norm, eps)
-            hidden = self.linear(ops.silu_and_mul(self.linear(x, lw.gate_up_weight)), lw.down_weight)
+            gate_up = self.linear(x, lw.gate_up_weight, None, packed)
+            hidden = self.linear(ops.silu_and_mul(gate_up), lw.down_weight, None, packed)
         if residual is None:
             return ops.rms_norm(hidden, self.norm, eps)
         _, out = ops.fused_add_rms_norm(hidden, residual, self.norm, eps)
@@ -262,9 +271,10 @@ class Qwen2ForCausalLM:
     __call__ = forward
 
     @torch.inference_mode()
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``hidden [N, H]`` -> logits ``[N, V]`` in float32 (rounded to the model dtype first)."""
-        return self.linear(hidden, self.lm_head).float()
+    def compute_logits(self, hidden: torch.Tensor, *, packed: bool = False) -> torch.Tensor:
+        """``hidden [N, H]`` -> logits ``[N, V]`` in float32 (rounded to the model dtype first).
+        ``packed``: as for the forward that produced ``hidden``."""
+        return self.linear(hidden, self.lm_head, None, packed).float()
 
 
 def _onednn_linear_available() -> bool:

@@ -36,7 +36,7 @@ class ContiguousSequence:
         ids = torch.tensor(token_ids, dtype=torch.int64, device=self.model.device)
         positions = torch.arange(start, self.length, device=self.model.device)
         hidden = self.model(ids, positions, attn, self.cache)
-        return self.model.compute_logits(hidden)
+        return self.model.compute_logits(hidden, packed=attn.is_decode)
 
 
 def greedy_tokens(

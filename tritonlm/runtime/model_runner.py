@@ -123,4 +123,5 @@ class ModelRunner:
         if not sample_rows:
             return torch.empty(0, self.model.config.vocab_size, dtype=torch.float32, device=self.device)
         rows = torch.tensor(sample_rows, dtype=torch.int64, device=self.device)
-        return self.model.compute_logits(hidden.index_select(0, rows))
+        packed = attn.is_decode or attn.num_decode_seqs > 0  # as the forward chose
+        return self.model.compute_logits(hidden.index_select(0, rows), packed=packed)
