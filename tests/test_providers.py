@@ -407,3 +407,18 @@ def test_retries_use_the_retry_temperature() -> None:
     generator = RustGenerator(ProviderAdapter(provider), temperature=0.2, retry_temperature=0.9, max_tokens=321)
     assert run(generator.generate(MAX_SPEC)).compiled
     assert [(c.kwargs["temperature"], c.kwargs["max_tokens"]) for c in provider.calls] == [(0.2, 321), (0.9, 321)]
+
+
+@pytest.mark.skipif(shutil.which("rustc") is None, reason="rustc not installed")
+def test_the_signatures_lifetimes_are_declared_even_if_the_model_lists_none() -> None:
+    from tritonlm.providers import compile_rust_lib
+    from tritonlm.providers.rust_generator import EXAMPLE_GENERATION
+
+    spec = RustFunctionSpec(name="longest", description="The longer of a and b.",
+                            parameters=(("a", "&'a str"), ("b", "&'a str")), return_type="&'a str")
+    generation = {**EXAMPLE_GENERATION, "lifetimes": [], "generic_params": [], "variables": [],
+                  "helper_functions": [], "imports": [],
+                  "implementation_body": "if b.len() > a.len() { b } else { a }"}
+    source = render_rust_source(spec, generation)
+    assert "pub fn longest<'a>(a: &'a str, b: &'a str) -> &'a str {" in source
+    assert run(compile_rust_lib(source)).ok, source

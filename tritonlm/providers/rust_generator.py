@@ -7,8 +7,8 @@ the schema -> ``rustc --crate-type lib`` in a temporary directory under a timeou
 failure is fed back (the previous source and the compiler's errors in the prompt) up to
 ``max_attempts`` times.
 
-The signature's name, parameters and return type come from the spec; the generics and
-lifetimes it mentions are declared from the schema's ``lifetimes`` and ``generic_params``.
+The signature's name, parameters and return type come from the spec; the lifetimes it names
+are always declared, and the schema's ``lifetimes`` and ``generic_params`` add theirs.
 """
 
 from __future__ import annotations
@@ -196,7 +196,13 @@ def render_rust_source(spec: RustFunctionSpec, generation: dict[str, Any]) -> st
     if error["strategy"] in ("result", "option"):
         lines.append("#[must_use]")
 
-    generics = list(dict.fromkeys(lt.strip() for lt in generation["lifetimes"] if lt.strip()))
+    # the signature comes from the spec, so the lifetimes it names are declared whatever the
+    # model listed (an undeclared one cannot compile); the model's own come after
+    signature = f"{spec.signature_params} {spec.return_type or ''}"
+    generics = list(dict.fromkeys(
+        [lt for lt in re.findall(r"'[A-Za-z_][A-Za-z0-9_]*", signature) if lt != "'static"]
+        + [lt.strip() for lt in generation["lifetimes"] if lt.strip()]
+    ))
     for param in generation["generic_params"]:
         bounds = " + ".join(b.strip() for b in param["trait_bounds"] if b.strip())
         generics.append(f"{param['name']}: {bounds}" if bounds else param["name"])
