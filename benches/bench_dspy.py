@@ -157,7 +157,7 @@ _OPERATORS: dict[type, Callable[[Any, Any], Any]] = {
 
 
 def calculator(expression: str) -> str:
-    """Evaluate an arithmetic expression with + - * / and parentheses, e.g. '12 * 3'."""
+    """Evaluate an arithmetic expression with + - * / and parentheses."""
 
     def value(node: ast.AST) -> float:
         if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):

@@ -413,6 +413,45 @@ def test_react_steps_are_valid_tool_calls(lm, adapter):
         assert set(args) == ({"a", "b"} if name == "add" else {"key"})
 
 
+def test_repeated_tools_names_the_tool_whose_latest_call_repeats() -> None:
+    from tritonlm.dspy_adapter.react import repeated_tools
+
+    def step(i: int, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        return {f"thought_{i}": "", f"tool_name_{i}": name, f"tool_args_{i}": args, f"observation_{i}": ""}
+
+    assert repeated_tools({}) == set()
+    once = step(0, "lookup", {"key": "x"})
+    assert repeated_tools(once) == set()
+    assert repeated_tools({**once, **step(1, "lookup", {"key": "y"})}) == set()
+    assert repeated_tools({**once, **step(1, "lookup", {"key": "x"})}) == {"lookup"}
+    # a later different call clears it; finish is never left out
+    assert repeated_tools({**once, **step(1, "lookup", {"key": "x"}), **step(2, "lookup", {"key": "z"})}) == set()
+    assert repeated_tools({**step(0, "finish", {}), **step(1, "finish", {})}) == set()
+
+
+def test_react_step_after_a_repeated_call_leaves_that_tool_out(adapter):
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    def lookup(key: str) -> str:
+        """Look a key up in the table."""
+        return "1"
+
+    react = dspy_adapter.ReAct("question -> answer: str", tools=[add, lookup], max_iters=3)
+    repeat = {"tool_name_0": "lookup", "tool_args_0": {"key": "x"},
+              "tool_name_1": "lookup", "tool_args_1": {"key": "x"}}
+
+    def tool_names(signature: Any) -> set[str]:
+        return {b["properties"]["next_tool_name"]["const"]
+                for b in dspy_adapter.signature_json_schema(signature)["anyOf"]}
+
+    assert tool_names(react._step_module(react.react, repeat).signature) == {"add", "finish"}
+    # the shared predictor keeps every tool, and the extract step is never narrowed
+    assert tool_names(react.react.signature) == {"add", "lookup", "finish"}
+    assert react._step_module(react.extract, repeat) is react.extract
+
+
 # ---- streaming -----------------------------------------------------------------------------------
 
 

@@ -78,11 +78,20 @@ def test_react_every_step_is_a_valid_tool_call(react_run):
         assert set(step["next_tool_args"]) == expected
 
 
-@pytest.mark.xfail(reason="the 0.5B default model repeats lookup_price and never calls the calculator", strict=False)
-def test_react_uses_both_tools(react_run):
+def test_react_uses_both_tools_and_finishes(react_run):
+    """Both tools are called and the loop ends with finish. Left alone, the 0.5B model repeats
+    lookup_price until max_iters; ReAct leaves a just-repeated tool out of the next step."""
+    _, steps = react_run
+    names = [step["next_tool_name"] for step in steps]
+    assert {"calculator", "lookup_price"} <= set(names), steps
+    assert names[-1] == "finish", steps
+
+
+@pytest.mark.xfail(reason="the 0.5B model does not compose 7 x the looked-up price in its calculator call",
+                   strict=False)
+def test_react_answer_is_right(react_run):
     pred, steps = react_run
-    assert {"calculator", "lookup_price"} <= {step["next_tool_name"] for step in steps}, steps
-    assert pred.answer == 7 * PRICES["widget"]
+    assert pred.answer == 7 * PRICES["widget"], steps
 
 
 def test_track_usage_equals_tokenizer_counts(lm, adapter, llm):
