@@ -11,6 +11,7 @@ the batch/sequential ratio, a two-tool ReAct task, BootstrapFewShot's prefix-cac
 from __future__ import annotations
 
 import ast
+import json
 import operator
 import sys
 import time
@@ -179,21 +180,32 @@ def lookup_price(item: str) -> str:
     return f"{item} costs {price} dollars" if price is not None else f"unknown item {item!r}"
 
 
-def react_task(lm: dspy.LM, adapter: dspy.Adapter) -> dict[str, Any]:
+REACT_QUESTIONS: tuple[tuple[int, str], ...] = ((7, "widget"), (5, "gadget"), (3, "gizmo"), (4, "widget"))
+
+
+def react_question(count: int, item: str) -> str:
+    return f"How many dollars do {count} {item}s cost? Look up the {item} price, then use the calculator."
+
+
+def react_task(lm: dspy.LM, adapter: dspy.Adapter) -> list[dict[str, Any]]:
+    """The two-tool task for each of REACT_QUESTIONS, run as one ``batch`` (concurrent requests)."""
     react = dspy_adapter.ReAct("question -> answer: int", tools=[calculator, lookup_price], max_iters=6)
-    question = "How many dollars do 7 widgets cost? Look up the widget price, then use the calculator."
+    examples = [dspy.Example(question=react_question(n, item)).with_inputs("question") for n, item in REACT_QUESTIONS]
     with dspy.context(lm=lm, adapter=adapter):
-        pred = react(question=question)
-    trajectory = pred.trajectory
-    names = [trajectory[k] for k in sorted(trajectory) if k.startswith("tool_name_")]
-    valid = all(name in ("calculator", "lookup_price", "finish") for name in names)
-    return {
-        "answer": pred.answer,
-        "expected": 7 * PRICES["widget"],
-        "tools": names,
-        "all_valid": valid,
-        "trajectory": trajectory,
-    }
+        preds = react.batch(examples, num_threads=len(examples), max_errors=0)
+    results = []
+    for (count, item), pred in zip(REACT_QUESTIONS, preds, strict=True):
+        trajectory = pred.trajectory
+        steps = sorted((k for k in trajectory if k.startswith("tool_name_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+        calls = [(trajectory[k], trajectory[k.replace("tool_name_", "tool_args_")]) for k in steps]
+        results.append({
+            "question": f"{count} {item}s",
+            "answer": pred.answer,
+            "expected": count * PRICES[item],
+            "calls": calls,
+            "all_valid": all(name in ("calculator", "lookup_price", "finish") for name, _ in calls),
+        })
+    return results
 
 
 def bootstrap_prefix_cache(lm: dspy.LM, adapter: dspy.Adapter, llm: LLM) -> dict[str, Any]:
@@ -303,13 +315,19 @@ def main(sections: list[str]) -> None:
         print(report["gate"], flush=True)
         write()
     if "react" in sections:
-        react = react_task(lm, ours)
-        report["react"] = (
-            f"\n## ReAct (calculator + price lookup)\n\nTools called: {react['tools']}; every step a valid tool "
-            f"name and arguments: {react['all_valid']}; both tools used: "
-            f"{ {'calculator', 'lookup_price'} <= set(react['tools']) }; answer {react['answer']} "
-            f"(expected {react['expected']})."
-        )
+        rows = [
+            "\n## ReAct (calculator + price lookup)\n",
+            f"`dspy_adapter.ReAct('question -> answer: int', tools=[calculator, lookup_price], max_iters=6)` on "
+            f"{len(REACT_QUESTIONS)} questions run as one `batch`:\n",
+            "| question | tool calls | every step valid | both tools + finish | answer (expected) |",
+            "|---|---|---|---|---|",
+        ]
+        for r in react_task(lm, ours):
+            names = [name for name, _ in r["calls"]]
+            both = {"calculator", "lookup_price"} <= set(names) and names[-1:] == ["finish"]
+            calls = ", ".join(f"{name}({json.dumps(args)})" for name, args in r["calls"])
+            rows.append(f"| {r['question']} | {calls} | {r['all_valid']} | {both} | {r['answer']} ({r['expected']}) |")
+        report["react"] = "\n".join(rows)
         print(report["react"], flush=True)
         write()
     if "bootstrap" in sections:

@@ -46,6 +46,7 @@ TEXT = 'Here you go:\n```json\n{"name": "widget", "count": 3, "tags": ["a", "b"]
 CONCURRENT_CALLS = 8
 CONCURRENT_MAX_TOKENS = 48
 RUST_MAX_ATTEMPTS = 3
+RUST_CANDIDATES = 4
 RUST_TEMPERATURE = 0.3
 RUST_RETRY_TEMPERATURE = 0.7
 SYSTEM_PROMPT = "You are an expert Rust programmer. You answer with JSON only."
@@ -143,7 +144,11 @@ def run_rust_specs(provider: LocalProvider) -> list[RustGenerationResult]:
     """All 10 specs at once (they share the engine's batches), each with its own retry loop."""
     adapter = ProviderAdapter(provider, ProviderConfig(max_tokens=1024, temperature=RUST_TEMPERATURE))
     generator = RustGenerator(
-        adapter, max_attempts=RUST_MAX_ATTEMPTS, compile_timeout_s=120, retry_temperature=RUST_RETRY_TEMPERATURE
+        adapter,
+        max_attempts=RUST_MAX_ATTEMPTS,
+        candidates=RUST_CANDIDATES,
+        compile_timeout_s=120,
+        retry_temperature=RUST_RETRY_TEMPERATURE,
     )
 
     async def run_all() -> list[RustGenerationResult]:
@@ -152,26 +157,35 @@ def run_rust_specs(provider: LocalProvider) -> list[RustGenerationResult]:
     return asyncio.run(run_all())
 
 
+def _first_error(attempt: Any) -> str:
+    if attempt.error:
+        return attempt.error
+    if attempt.compile is not None and not attempt.compile.ok:
+        return next((ln for ln in attempt.compile.stderr.splitlines() if ln.startswith("error")), "")
+    return ""
+
+
 def rust_table(results: list[RustGenerationResult]) -> str:
-    rows = ["| spec | schema valid | compiled | attempts | first error |", "|---|---|---|---|---|"]
+    rows = [
+        "| spec | schema valid | compiled | as generated | rounds | compiler edits applied | first error left |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for result in results:
-        first_error = ""
-        for attempt in result.attempts:
-            if attempt.error:
-                first_error = attempt.error
-            elif attempt.compile is not None and not attempt.compile.ok:
-                first_error = next((ln for ln in attempt.compile.stderr.splitlines() if ln.startswith("error")), "")
-            if first_error:
-                break
+        first_error = next((e for e in map(_first_error, result.attempts) if e), "")
+        fixes = sum(a.num_fixes for a in result.attempts if a.compiled) if result.compiled else \
+            sum(a.num_fixes for a in result.attempts)
         rows.append(
             f"| {result.spec.name} | {'yes' if result.schema_valid else 'no'} | {'yes' if result.compiled else 'no'} "
-            f"| {len(result.attempts)} | {first_error[:80].replace('|', '/')} |"
+            f"| {'yes' if result.compiled_as_generated else 'no'} | {result.num_rounds} | {fixes} "
+            f"| {first_error[:80].replace('|', '/')} |"
         )
     valid = sum(r.schema_valid for r in results)
     compiled = sum(r.compiled for r in results)
+    as_generated = sum(r.compiled_as_generated for r in results)
     rows.append(
         f"\nschema-valid {valid}/{len(results)}, compiled {compiled}/{len(results)} "
-        f"(max {RUST_MAX_ATTEMPTS} attempts each)"
+        f"({as_generated}/{len(results)} with no compiler-suggested edit; at most {RUST_MAX_ATTEMPTS} rounds of "
+        f"{RUST_CANDIDATES} candidate(s))"
     )
     return "\n".join(rows)
 

@@ -122,3 +122,29 @@ def test_completion_tokens_finish_every_prefix_validly(qwen_tokenizer, case) -> 
             jsonschema.validate(_json.loads(text), case.schema,
                                 format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
         assert matcher.find_completion_tokens() == []
+
+
+def test_rust_generation_grammar_refuses_unbalanced_bodies_token_by_token(qwen_tokenizer, qwen_info) -> None:
+    """The Rust generator's schema (brace-balanced, fn-free body patterns) on the real vocabulary:
+    its worked example is accepted to the end; a body closing one brace too many, or defining
+    a fn, is refused at the token where it goes wrong, and the mask there agrees."""
+    from tritonlm.providers.rust_generator import EXAMPLE_GENERATION, RUST_GENERATION_SCHEMA
+
+    grammar = compile_json_schema(RUST_GENERATION_SCHEMA, qwen_info)
+    compact = SERIALIZATIONS["compact"]
+    matcher = grammar.matcher()
+    for token in qwen_tokenizer.encode(compact(EXAMPLE_GENERATION)):
+        assert matcher.accept_token(token)
+    assert matcher.accept_token(qwen_tokenizer.eos_token_ids[0]) and matcher.is_terminated()
+
+    bitmask = allocate_token_bitmask(1, 151936)
+    for body in ("match position { _ => None }}", "fn one() -> i32 { 1 }\none()"):
+        tokens = qwen_tokenizer.encode(compact({**EXAMPLE_GENERATION, "implementation_body": body}))
+        matcher = grammar.matcher()
+        for token in tokens:
+            matcher.fill_next_token_bitmask(bitmask, 0)
+            accepted = matcher.accept_token(token)
+            assert accepted == mask_allows(bitmask, token)
+            if not accepted:
+                break
+        assert not accepted, body

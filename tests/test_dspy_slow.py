@@ -9,7 +9,14 @@ import pytest
 
 dspy = pytest.importorskip("dspy")
 
-from benches.bench_dspy import PRICES, Profile, calculator, lookup_price, workload  # noqa: E402
+from benches.bench_dspy import (  # noqa: E402
+    PRICES,
+    Profile,
+    calculator,
+    lookup_price,
+    react_question,
+    workload,
+)
 from tests.dspy_support.engines import OutputRecorder  # noqa: E402
 from tritonlm import dspy_adapter  # noqa: E402
 from tritonlm.runtime.llm import LLM  # noqa: E402
@@ -63,9 +70,8 @@ def _react_steps(lm: Any) -> list[dict[str, Any]]:
 def react_run(llm):
     lm = dspy_adapter.lm(llm, cache=False, max_tokens=160)
     react = dspy_adapter.ReAct("question -> answer: int", tools=[calculator, lookup_price], max_iters=6)
-    question = "How many dollars do 7 widgets cost? Look up the widget price, then use the calculator."
     with dspy.context(lm=lm, adapter=dspy_adapter.ConstrainedJSONAdapter(max_string_length=MAX_STRING_LENGTH)):
-        pred = react(question=question)
+        pred = react(question=react_question(7, "widget"))
     return pred, _react_steps(lm)
 
 
@@ -87,10 +93,13 @@ def test_react_uses_both_tools_and_finishes(react_run):
     assert names[-1] == "finish", steps
 
 
-@pytest.mark.xfail(reason="the 0.5B model does not compose 7 x the looked-up price in its calculator call",
-                   strict=False)
 def test_react_answer_is_right(react_run):
+    """The calculator is called with the looked-up price times the count, and the answer is its
+    result (greedy decoding, one request: deterministic here; the bench's four-question batch
+    shows the 0.5B model does not always get there)."""
     pred, steps = react_run
+    results = [calculator(**s["next_tool_args"]) for s in steps if s["next_tool_name"] == "calculator"]
+    assert str(7 * PRICES["widget"]) in results, steps
     assert pred.answer == 7 * PRICES["widget"], steps
 
 

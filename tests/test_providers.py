@@ -422,3 +422,106 @@ def test_the_signatures_lifetimes_are_declared_even_if_the_model_lists_none() ->
     source = render_rust_source(spec, generation)
     assert "pub fn longest<'a>(a: &'a str, b: &'a str) -> &'a str {" in source
     assert run(compile_rust_lib(source)).ok, source
+
+
+# ---- compiler-suggested edits and candidates ------------------------------------------------------
+def test_apply_suggestions_skips_conflicts_and_keeps_insertion_order() -> None:
+    from tritonlm.providers.rust_generator import SuggestedEdit, apply_suggestions
+
+    source = "fn é() { let x = 1; }"  # offsets are UTF-8 bytes: 'é' is two
+    body = source.encode().index(b"let")
+    suggestions = (
+        (SuggestedEdit(0, 0, "use a;\n"),),
+        (SuggestedEdit(0, 0, "use b;\n"),),
+        (SuggestedEdit(body, body + 3, "const"),),
+        (SuggestedEdit(body + 1, body + 2, "X"),),  # inside the replaced "let": skipped whole
+        (SuggestedEdit(body + 4, body + 5, "y"), SuggestedEdit(0, 0, "use c;\n")),  # multi-part, kept
+        (SuggestedEdit(body, body + 3, "const"),),  # the same edit from another diagnostic
+    )
+    fixed, applied = apply_suggestions(source, suggestions)
+    assert fixed == "use a;\nuse b;\nuse c;\nfn é() { const y = 1; }"
+    assert applied == 4
+
+
+@pytest.mark.skipif(shutil.which("rustc") is None, reason="rustc not installed")
+def test_compiler_suggestions_repair_imports_bounds_and_conversions() -> None:
+    from tritonlm.providers.rust_generator import compile_with_fixes
+
+    source = (
+        "pub fn describe<T: Debug>(x: T) -> String {\n"
+        "    let counts: HashMap<String, usize> = HashMap::new();\n"
+        '    format!("{:?} {}", x, counts.len())\n}\n'
+        "pub fn safe_divide(a: i32, b: i32) -> Result<i32, String> {\n"
+        '    if b == 0 { return Err("division by zero"); }\n    Ok(a / b)\n}\n'
+        "pub fn largest<T: PartialOrd + Copy>(items: &[T]) -> Option<T> {\n"
+        "    items.iter().copied().max()\n}\n"
+    )
+    unfixed, result, applied = run(compile_with_fixes(source, max_rounds=0))
+    assert unfixed == source and not result.ok and applied == 0 and result.suggestions
+    assert "cannot find" in result.stderr and '"rendered"' not in result.stderr  # human text, not JSON
+    fixed, result, applied = run(compile_with_fixes(source))
+    assert result.ok, fixed + result.stderr
+    assert "use std::fmt::Debug;" in fixed and "use std::collections::HashMap;" in fixed
+    assert '"division by zero".to_string()' in fixed and "Ord" in fixed.split("largest")[1].split("(")[0]
+    assert applied >= 4
+
+
+@pytest.mark.skipif(shutil.which("rustc") is None, reason="rustc not installed")
+def test_generator_applies_compiler_fixes_unless_told_not_to() -> None:
+    needs_ord = _generation("best = items.iter().copied().max();\nbest")
+    provider = ScriptedProvider(objects=[needs_ord], repeat_last=True)
+    fixed = run(RustGenerator(ProviderAdapter(provider), max_attempts=2).generate(MAX_SPEC))
+    assert fixed.compiled and not fixed.compiled_as_generated and fixed.num_rounds == 1
+    [attempt] = fixed.attempts
+    assert attempt.num_fixes >= 1 and attempt.source != attempt.generated_source
+    assert "T: PartialOrd + Copy>" in attempt.generated_source  # type: ignore[operator]
+    assert "Ord>" in fixed.source and fixed.source == attempt.source  # type: ignore[operator]
+    plain = run(RustGenerator(ProviderAdapter(provider), max_attempts=2, compiler_fixes=False).generate(MAX_SPEC))
+    assert not plain.compiled and plain.num_rounds == 2
+    assert all(a.num_fixes == 0 and a.source == a.generated_source for a in plain.attempts)
+
+
+@pytest.mark.skipif(shutil.which("rustc") is None, reason="rustc not installed")
+def test_candidates_run_concurrently_and_the_one_with_fewest_errors_is_fed_back() -> None:
+    two_errors = _generation("zzq_first_missing();\nzzq_second_missing()")
+    one_error = _generation("zzq_third_missing()")
+    provider = ScriptedProvider(objects=[one_error, two_errors, one_error, _generation(GOOD_BODY)], delay_s=0.2)
+    generator = RustGenerator(ProviderAdapter(provider), max_attempts=3, candidates=2)
+    result = run(generator.generate(MAX_SPEC))
+    assert result.compiled and result.num_rounds == 2 and len(result.attempts) == 4
+    assert [a.round for a in result.attempts] == [0, 0, 1, 1]
+    assert [a.compiled for a in result.attempts] == [False, False, False, True]
+    assert provider.max_in_flight == 2  # a round's candidates are asked at once
+    retry_prompts = [c.prompt for c in provider.calls[2:]]
+    assert all("zzq_third_missing" in p and "zzq_first_missing" not in p for p in retry_prompts)
+    assert result.source == result.attempts[3].source
+    with pytest.raises(ConfigError, match="candidates"):
+        RustGenerator(ProviderAdapter(provider), candidates=0)
+
+
+def test_generation_schema_keeps_bodies_balanced_and_free_of_fn_items() -> None:
+    from tritonlm.providers.rust_generator import EXAMPLE_GENERATION
+
+    def problems(**fields: object) -> list[str]:
+        return schema_problems({**EXAMPLE_GENERATION, **fields}, RUST_GENERATION_SCHEMA)
+
+    good_bodies = [
+        GOOD_BODY,
+        'if x { format!("{} {", y) } else { "}".to_string() }',  # braces inside strings do not count
+        "let f = |x| x + 1;\nif f(2) > 0 { fnord(&'a x) } else { 0 }",
+        "for w in text.split_whitespace() {\n    *m.entry(w.to_string()).or_insert(0) += 1;\n}\nm",
+    ]
+    for body in good_bodies:
+        assert problems(implementation_body=body) == [], body
+    bad_bodies = [
+        "match n { 0 => 1, _ => 2 }}",  # closes the function itself
+        "match n {\n    0 => 1,",  # left open
+        "fn is_even(n: i64) -> bool { n % 2 == 0 }\nis_even(n)",  # an item, not statements
+        "values.iter().sum(",
+    ]
+    for body in bad_bodies:
+        assert problems(implementation_body=body), body
+    assert problems(generic_params=[{"name": "u32", "trait_bounds": ["Copy"]}])
+    assert problems(helper_functions=[{"name": "h", "code": "let x = 1;"}])
+    assert problems(helper_functions=[{"name": "h", "code": "fn h() -> i32 { 1 }}"}])
+    assert problems(helper_functions=[{"name": "h", "code": "pub(crate) fn h<T>(x: T) -> T { x }\n"}]) == []

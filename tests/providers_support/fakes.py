@@ -40,6 +40,8 @@ class ScriptedProvider(BaseProvider):
         self.delay_s = delay_s
         self.repeat_last = repeat_last
         self.calls: list[RecordedCall] = []
+        self.in_flight = 0
+        self.max_in_flight = 0  # most calls answered at once
 
     def _next(self, queue: list[Response], prompt: str) -> Any:
         if not queue:
@@ -53,8 +55,13 @@ class ScriptedProvider(BaseProvider):
 
     async def _answer(self, method: str, prompt: str, kwargs: dict[str, Any], queue: list[Response]) -> Any:
         self.calls.append(RecordedCall(method, prompt, kwargs))
-        if self.delay_s:
-            await asyncio.sleep(self.delay_s)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+        finally:
+            self.in_flight -= 1
         answer = self._next(queue, prompt)
         if self.usage is not None:
             self.report_usage(*self.usage)

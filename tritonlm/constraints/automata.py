@@ -486,6 +486,7 @@ def _determinize_bytes(nfa: _ByteNFA, start: int) -> ByteDFA:
     order = [frozenset([start])]
     rows: list[list[int]] = []
     labels: list[int] = []
+    part_bytes: dict[int, list[int]] = {}  # byte set -> its bytes (the same sets recur)
     i = 0
     while i < len(order):
         subset = order[i]
@@ -494,40 +495,49 @@ def _determinize_bytes(nfa: _ByteNFA, start: int) -> ByteDFA:
         if len(labs) > 1:
             raise AssertionError("ambiguous byte DFA labels")
         labels.append(labs.pop() if labs else -1)
-        edges = [e for s in subset for e in nfa.edges[s]]
+        by_mask: dict[int, set[int]] = {}  # byte set -> NFA targets (many edges share a set)
+        for s in subset:
+            for m, t in nfa.edges[s]:
+                by_mask.setdefault(m, set()).add(t)
         row = [-1] * 256
-        if edges:
-            for part in _byte_partition([m for m, _ in edges]):
+        if by_mask:
+            for part in _byte_partition(list(by_mask)):
                 low = (part & -part).bit_length() - 1
-                targets = frozenset(t for m, t in edges if m >> low & 1)
+                targets = frozenset().union(*(ts for m, ts in by_mask.items() if m >> low & 1))
                 if not targets:
                     continue
                 if targets not in index:
                     index[targets] = len(order)
                     order.append(targets)
                 tid = index[targets]
-                p = part
-                while p:
-                    b = (p & -p).bit_length() - 1
+                members = part_bytes.get(part)
+                if members is None:
+                    members = part_bytes[part] = [b for b in range(256) if part >> b & 1]
+                for b in members:
                     row[b] = tid
-                    p &= p - 1
         rows.append(row)
     table = np.array(rows, dtype=np.int32).reshape(-1, 256)
     return _prune_bytes(ByteDFA(table, np.array(labels, dtype=np.int32)))
 
 
 def _prune_bytes(dfa: ByteDFA) -> ByteDFA:
+    """``dfa`` without the transitions into states from which no accepting state is reachable."""
     n = dfa.size
-    live = dfa.label >= 0
-    changed = True
     table = dfa.table
-    while changed:
-        reach = np.zeros(n, dtype=bool)
-        has = table >= 0
-        idx = np.where(has, table, 0)
-        reach = (live[idx] & has).any(axis=1) | live
-        changed = bool((reach != live).any())
-        live = reach
+    # backward search from the accepting states over the reversed transitions
+    src, _ = np.nonzero(table >= 0)
+    edges = np.unique(src.astype(np.int64) * n + table[table >= 0])  # (src, dst) pairs, deduplicated
+    preds: list[list[int]] = [[] for _ in range(n)]
+    for s, d in zip((edges // n).tolist(), (edges % n).tolist(), strict=True):
+        preds[d].append(s)
+    alive = (dfa.label >= 0).tolist()
+    stack = [q for q in range(n) if alive[q]]
+    while stack:
+        for r in preds[stack.pop()]:
+            if not alive[r]:
+                alive[r] = True
+                stack.append(r)
+    live = np.array(alive, dtype=bool)
     table = np.where((table >= 0) & live[np.maximum(table, 0)], table, -1).astype(np.int32)
     if not live[dfa.start]:
         return ByteDFA(np.full((1, 256), -1, dtype=np.int32), np.array([-1], dtype=np.int32))

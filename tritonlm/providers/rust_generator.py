@@ -3,9 +3,10 @@
 Flow: :class:`RustFunctionSpec` -> prompt -> :data:`RUST_GENERATION_SCHEMA` (our own schema:
 imports, lifetimes, generic parameters with trait bounds, variables with mutability, error
 handling, helper functions, implementation body) -> Rust source rendered from every part of
-the schema -> ``rustc --crate-type lib`` in a temporary directory under a timeout. A compile
-failure is fed back (the previous source and the compiler's errors in the prompt) up to
-``max_attempts`` times.
+the schema -> ``rustc --crate-type lib`` in a temporary directory under a timeout. The edits
+rustc suggests for its own errors are applied as ``cargo fix`` would (optional); a failure
+that remains is fed back (the previous source and the compiler's errors in the prompt) up to
+``max_attempts`` rounds of ``candidates`` answers each.
 
 The signature's name, parameters and return type come from the spec; the lifetimes it names
 are always declared, and the schema's ``lifetimes`` and ``generic_params`` add theirs.
@@ -25,10 +26,43 @@ from typing import Any
 
 from tritonlm.errors import ConfigError
 from tritonlm.providers.adapter import ProviderAdapter
-from tritonlm.providers.errors import ProviderError, StructuredOutputError
+from tritonlm.providers.errors import StructuredOutputError
 from tritonlm.providers.json_output import schema_problems
 
 _IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+_TYPE_PARAM = r"^[A-Z][A-Za-z0-9]*$"  # CamelCase: a type parameter never shadows a type like u32
+
+
+def balanced_code_pattern(depth: int, *, forbid_fn: bool) -> str:
+    """A regex (our constraint engine's subset) for Rust code whose ``{ }`` and ``( )`` pair up,
+    nested at most ``depth`` deep, brackets inside ``"..."`` string literals not counted. With
+    ``forbid_fn`` no identifier outside strings starts with ``fn`` (so no ``fn`` item, nor the
+    ``fnname`` a small model writes to get round that). Char literals such as ``'{'`` and raw
+    strings are not recognised (a bracket in one counts); comments are code."""
+    string = r'"(?:[^"\\]|\\[\s\S])*"'
+    if forbid_fn:
+        # a segment alternates separators (non-identifier characters, strings) and whole
+        # identifiers, so "fn" can only be the start of an identifier, which `word` excludes
+        separator = rf'(?:[^A-Za-z0-9_{{}}()"]|{string})'
+        word = r"(?:[A-Za-eg-z0-9_][A-Za-z0-9_]*|f(?:[A-Za-mo-z0-9_][A-Za-z0-9_]*)?)"
+        segment = rf"{separator}*(?:{word}{separator}+)*(?:{word})?"
+    else:
+        segment = rf'(?:[^{{}}()"]|{string})*'
+    level = segment
+    for _ in range(depth):
+        level = rf"{segment}(?:(?:\{{{level}\}}|\({level}\)){segment})*"
+    return level
+
+
+# statements: brackets balanced, no nested `fn` items (helpers have their own field), and the
+# last character closes an expression or a statement (not inside an open call or block)
+_BODY_PATTERNS = ("^" + balanced_code_pattern(5, forbid_fn=True) + "$", r"[^\s(\[{,=]\s*$")
+_HELPER_PATTERN = (
+    r'^(?:pub(?:\([a-z]+\))? )?fn [A-Za-z_][A-Za-z0-9_]*[<(][^{}"]*\{'
+    + balanced_code_pattern(4, forbid_fn=False)
+    + r"\}\s*$"
+)
 
 _TRAIT_BOUND = r"^[A-Za-z_?'][A-Za-z0-9_:<>, ()'&=+-]*$"
 
@@ -55,7 +89,7 @@ RUST_GENERATION_SCHEMA: dict[str, Any] = {
             "items": {
                 "type": "object",
                 "properties": {
-                    "name": {"type": "string", "pattern": _IDENT, "maxLength": 20},
+                    "name": {"type": "string", "pattern": _TYPE_PARAM, "maxLength": 20},
                     "trait_bounds": {
                         "type": "array",
                         "items": {"type": "string", "pattern": _TRAIT_BOUND, "maxLength": 60},
@@ -100,7 +134,7 @@ RUST_GENERATION_SCHEMA: dict[str, Any] = {
                 "type": "object",
                 "properties": {
                     "name": {"type": "string", "pattern": _IDENT, "maxLength": 40},
-                    "code": {"type": "string", "maxLength": 2000},
+                    "code": {"type": "string", "pattern": _HELPER_PATTERN},
                 },
                 "required": ["name", "code"],
                 "additionalProperties": False,
@@ -110,11 +144,9 @@ RUST_GENERATION_SCHEMA: dict[str, Any] = {
         "implementation_body": {
             "type": "string",
             "description": "the statements of the function body after the variables, ending with the result",
-            # a body cannot end inside an open call or block: when a model closes the JSON string
-            # early (an unescaped quote in `format!("...`), this makes it keep writing instead.
-            # (No maxLength here: with the pattern it makes the grammar ~20x slower to compile;
-            # max_tokens bounds the body.)
-            "pattern": r"[^\s(\[{,=]\s*$",
+            # No maxLength (with the patterns it makes the grammar much slower to compile):
+            # max_tokens bounds the body, and the engine closes the document within it.
+            "allOf": [{"pattern": pattern} for pattern in _BODY_PATTERNS],
         },
     },
     "required": [
@@ -219,10 +251,87 @@ def render_rust_source(spec: RustFunctionSpec, generation: dict[str, Any]) -> st
 
 
 @dataclass(frozen=True)
+class SuggestedEdit:
+    """A replacement rustc suggests for an error: bytes ``[start, end)`` of the source become
+    ``replacement`` (``start == end`` inserts)."""
+
+    start: int
+    end: int
+    replacement: str
+
+
+@dataclass(frozen=True)
 class CompileResult:
+    """One rustc run. ``stderr`` is the compiler's human-readable output; ``suggestions`` are
+    the edits rustc proposes for its errors (applicability MachineApplicable or MaybeIncorrect,
+    one alternative per span, multi-part suggestions kept together as one tuple)."""
+
     ok: bool
     stderr: str
     timed_out: bool = False
+    suggestions: tuple[tuple[SuggestedEdit, ...], ...] = ()
+
+
+_APPLICABLE = frozenset({"MachineApplicable", "MaybeIncorrect"})
+
+
+def _parse_diagnostics(stderr: str) -> tuple[str, tuple[tuple[SuggestedEdit, ...], ...]]:
+    """rustc's ``--error-format=json`` stream -> (rendered text, suggested edits of the errors)."""
+    rendered: list[str] = []
+    suggestions: list[tuple[SuggestedEdit, ...]] = []
+    for line in stderr.splitlines():
+        try:
+            diagnostic = json.loads(line)
+        except ValueError:
+            rendered.append(line + "\n")  # not a diagnostic (an ICE, a linker message)
+            continue
+        if not isinstance(diagnostic, dict):
+            rendered.append(line + "\n")
+            continue
+        rendered.append(diagnostic.get("rendered") or diagnostic.get("message", "") + "\n")
+        if diagnostic.get("level") != "error":
+            continue
+        for child in diagnostic.get("children", []):
+            edits: dict[tuple[int, int], SuggestedEdit] = {}
+            for span in child.get("spans", []):
+                replacement = span.get("suggested_replacement")
+                if replacement is None or span.get("suggestion_applicability") not in _APPLICABLE:
+                    continue
+                key = (int(span["byte_start"]), int(span["byte_end"]))
+                # spans with the same range are alternatives ("one of these imports"): the first
+                # wins; spans with different ranges are parts of one suggestion
+                edits.setdefault(key, SuggestedEdit(key[0], key[1], replacement))
+            if edits:
+                suggestions.append(tuple(sorted(edits.values(), key=lambda e: (e.start, e.end))))
+    return "".join(rendered), tuple(dict.fromkeys(suggestions))
+
+
+def _overlaps(a: SuggestedEdit, b: SuggestedEdit) -> bool:
+    # half-open byte ranges; an insertion (start == end) conflicts only with a replacement whose
+    # inside it falls in, never with another insertion or at a range's boundary
+    return a.start < b.end and b.start < a.end
+
+
+def apply_suggestions(source: str, suggestions: tuple[tuple[SuggestedEdit, ...], ...]) -> tuple[str, int]:
+    """``source`` with rustc's suggested edits applied (as ``cargo fix`` / rustfix would):
+    a suggestion whose edits overlap an already chosen one is skipped, and an insertion that
+    is already present verbatim at its point is not repeated. Returns (new source, number of
+    suggestions applied). Offsets are byte offsets into the UTF-8 source."""
+    chosen: list[SuggestedEdit] = []
+    applied = 0
+    data = source.encode("utf-8")
+    for suggestion in suggestions:
+        if any(_overlaps(edit, other) for edit in suggestion for other in chosen):
+            continue
+        if any(edit in chosen for edit in suggestion):  # the same edit from two diagnostics
+            continue
+        chosen.extend(suggestion)
+        applied += 1
+    # apply from the end so earlier offsets stay valid; insertions at one point keep their order
+    order = sorted(range(len(chosen)), key=lambda i: (chosen[i].start, chosen[i].end, i), reverse=True)
+    for edit in (chosen[i] for i in order):
+        data = data[: edit.start] + edit.replacement.encode("utf-8") + data[edit.end :]
+    return data.decode("utf-8", errors="replace"), applied
 
 
 async def compile_rust_lib(source: str, *, rustc: str = "rustc", timeout_s: float = 60.0) -> CompileResult:
@@ -238,6 +347,7 @@ async def compile_rust_lib(source: str, *, rustc: str = "rustc", timeout_s: floa
             "2021",
             "--crate-name",
             "generated",
+            "--error-format=json",
             "--out-dir",
             tmp,
             str(src),
@@ -252,18 +362,52 @@ async def compile_rust_lib(source: str, *, rustc: str = "rustc", timeout_s: floa
                 process.kill()
             await process.wait()
             return CompileResult(ok=False, stderr=f"rustc timed out after {timeout_s}s", timed_out=True)
-        return CompileResult(ok=process.returncode == 0, stderr=stderr.decode(errors="replace"))
+        rendered, suggestions = _parse_diagnostics(stderr.decode(errors="replace"))
+        ok = process.returncode == 0
+        return CompileResult(ok=ok, stderr=rendered, suggestions=() if ok else suggestions)
+
+
+async def compile_with_fixes(
+    source: str, *, rustc: str = "rustc", timeout_s: float = 60.0, max_rounds: int = 3
+) -> tuple[str, CompileResult, int]:
+    """Compile ``source``; while it fails and rustc suggests edits, apply them and compile
+    again (at most ``max_rounds`` times). Returns (final source, its compile result, number of
+    suggestions applied)."""
+    result = await compile_rust_lib(source, rustc=rustc, timeout_s=timeout_s)
+    num_applied = 0
+    for _ in range(max_rounds):
+        if result.ok or not result.suggestions:
+            break
+        fixed, applied = apply_suggestions(source, result.suggestions)
+        if applied == 0 or fixed == source:
+            break
+        source, num_applied = fixed, num_applied + applied
+        result = await compile_rust_lib(source, rustc=rustc, timeout_s=timeout_s)
+    return source, result, num_applied
 
 
 @dataclass(frozen=True)
 class RustAttempt:
-    """One generation + compile round. ``generation`` is None when the model's answer did not
-    validate against the schema (``error`` says why); ``source`` and ``compile`` are then None."""
+    """One candidate of one round: a generation and its compile. ``generation`` is None when
+    the model's answer did not validate against the schema (``error`` says why); ``source`` and
+    ``compile`` are then None. ``generated_source`` is the source rendered from the generation;
+    ``source`` is what was compiled last, after ``num_fixes`` compiler-suggested edits."""
 
     generation: dict[str, Any] | None
     source: str | None
     compile: CompileResult | None
     error: str | None = None
+    round: int = 0
+    generated_source: str | None = None
+    num_fixes: int = 0
+
+    @property
+    def compiled(self) -> bool:
+        return self.compile is not None and self.compile.ok
+
+    @property
+    def compiled_as_generated(self) -> bool:
+        return self.compiled and self.num_fixes == 0
 
 
 @dataclass(frozen=True)
@@ -273,7 +417,16 @@ class RustGenerationResult:
 
     @property
     def compiled(self) -> bool:
-        return any(a.compile is not None and a.compile.ok for a in self.attempts)
+        return any(a.compiled for a in self.attempts)
+
+    @property
+    def compiled_as_generated(self) -> bool:
+        """Whether some candidate compiled with no compiler-suggested edit."""
+        return any(a.compiled_as_generated for a in self.attempts)
+
+    @property
+    def num_rounds(self) -> int:
+        return 1 + max((a.round for a in self.attempts), default=-1)
 
     @property
     def schema_valid(self) -> bool:
@@ -282,11 +435,20 @@ class RustGenerationResult:
 
     @property
     def source(self) -> str | None:
-        """The source of the last attempt that produced one (the compiling one, if any)."""
+        """The compiling source if any, else the source of the last attempt that produced one."""
+        for attempt in self.attempts:
+            if attempt.compiled:
+                return attempt.source
         for attempt in reversed(self.attempts):
             if attempt.source is not None:
                 return attempt.source
         return None
+
+
+def _num_errors(attempt: RustAttempt) -> float:
+    if attempt.compile is None:
+        return float("inf")
+    return len(re.findall(r"^error(?:\[\w+\])?: (?!aborting)", attempt.compile.stderr, flags=re.M))
 
 
 def _first_errors(stderr: str, limit: int = 1500) -> str:
@@ -342,13 +504,26 @@ EXAMPLE_GENERATION: dict[str, Any] = {
 
 
 class RustGenerator:
-    """Generates a compiling Rust function for a :class:`RustFunctionSpec` through an adapter."""
+    """Generates a compiling Rust function for a :class:`RustFunctionSpec` through an adapter.
+
+    Each round asks for ``candidates`` answers at once (concurrent adapter calls, so a local
+    engine decodes them in one batch; the first round at ``temperature``, later ones at
+    ``retry_temperature``) and compiles each. With ``compiler_fixes`` a failing candidate
+    gets the edits rustc itself suggests for its errors (missing imports, a missing trait
+    bound, ``.to_string()``...), as ``cargo fix`` would apply them, up to ``max_fix_rounds``
+    times. The first candidate that compiles ends the loop; otherwise the candidate with the
+    fewest errors is fed back, with those errors, to the next round, up to ``max_attempts``
+    rounds.
+    """
 
     def __init__(
         self,
         adapter: ProviderAdapter,
         *,
         max_attempts: int = 3,
+        candidates: int = 1,
+        compiler_fixes: bool = True,
+        max_fix_rounds: int = 3,
         rustc: str = "rustc",
         compile_timeout_s: float = 60.0,
         max_tokens: int | None = None,
@@ -359,10 +534,16 @@ class RustGenerator:
             raise ConfigError(f"adapter must be a ProviderAdapter, got {type(adapter).__name__}")
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise ConfigError(f"max_attempts={max_attempts!r}: must be an integer >= 1")
+        if not isinstance(candidates, int) or candidates < 1:
+            raise ConfigError(f"candidates={candidates!r}: must be an integer >= 1")
+        if not isinstance(max_fix_rounds, int) or max_fix_rounds < 0:
+            raise ConfigError(f"max_fix_rounds={max_fix_rounds!r}: must be an integer >= 0")
         if shutil.which(rustc) is None:
             raise ConfigError(f"rustc not found: {rustc!r}")
         self.adapter = adapter
         self.max_attempts = max_attempts
+        self.candidates = candidates
+        self.max_fix_rounds = max_fix_rounds if compiler_fixes else 0
         self.rustc = rustc
         self.compile_timeout_s = compile_timeout_s
         self.max_tokens = max_tokens
@@ -382,7 +563,9 @@ class RustGenerator:
             "Rules: the signature's name, parameters and return type are fixed by the task; declare in lifetimes "
             "and generic_params exactly the lifetimes and type parameters it uses. implementation_body holds only "
             "the statements inside the function (no signature, no helper code); its last expression is the "
-            "result. helper_functions are complete private fn items (or none). Do not redeclare the parameters. "
+            "result; its braces pair up and it defines no fn (helper_functions are complete private fn items, usually "
+            "none). generic_params is empty unless the signature uses a type parameter. The parameters are in "
+            "scope: do not redeclare them. "
             "Use only the standard library; prelude traits (Copy, Clone, PartialEq, PartialOrd, Eq, Ord, Default) "
             "need no import. A String error needs .to_string() or format!. Inside JSON strings write a double "
             'quote as \\" and a line break as \\n.',
@@ -404,36 +587,41 @@ class RustGenerator:
                 parts.append(f"Your previous answer was not valid: {previous.error[:500]}\nAnswer again.")
         return "\n\n".join(parts)
 
+    async def _candidate(self, spec: RustFunctionSpec, prompt: str, round_index: int) -> RustAttempt:
+        try:
+            prediction = await self.adapter(
+                prompt=prompt,
+                schema=RUST_GENERATION_SCHEMA,
+                max_tokens=self.max_tokens,
+                temperature=self.temperature if round_index == 0 else self.retry_temperature,
+            )
+        except StructuredOutputError as exc:
+            return RustAttempt(generation=None, source=None, compile=None, error=str(exc), round=round_index)
+        generation = {key: prediction[key] for key in RUST_GENERATION_SCHEMA["properties"]}
+        problems = schema_problems(generation, RUST_GENERATION_SCHEMA)
+        if problems:  # the adapter validated already; a broken provider must not slip through
+            return RustAttempt(generation=None, source=None, compile=None, error="; ".join(problems),
+                               round=round_index)
+        generated = render_rust_source(spec, generation)
+        source, result, num_fixes = await compile_with_fixes(
+            generated, rustc=self.rustc, timeout_s=self.compile_timeout_s, max_rounds=self.max_fix_rounds
+        )
+        return RustAttempt(generation=generation, source=source, compile=result, round=round_index,
+                           generated_source=generated, num_fixes=num_fixes)
+
     async def generate(self, spec: RustFunctionSpec) -> RustGenerationResult:
         attempts: list[RustAttempt] = []
         previous: RustAttempt | None = None
-        for attempt_index in range(self.max_attempts):
+        for round_index in range(self.max_attempts):
             prompt = self.build_prompt(spec, previous)
-            try:
-                prediction = await self.adapter(
-                    prompt=prompt,
-                    schema=RUST_GENERATION_SCHEMA,
-                    max_tokens=self.max_tokens,
-                    temperature=self.temperature if attempt_index == 0 else self.retry_temperature,
-                )
-            except StructuredOutputError as exc:
-                previous = RustAttempt(generation=None, source=None, compile=None, error=str(exc))
-                attempts.append(previous)
-                continue
-            except ProviderError:
-                raise
-            generation = {key: prediction[key] for key in RUST_GENERATION_SCHEMA["properties"]}
-            problems = schema_problems(generation, RUST_GENERATION_SCHEMA)
-            if problems:  # the adapter validated already; a broken provider must not slip through
-                previous = RustAttempt(generation=None, source=None, compile=None, error="; ".join(problems))
-                attempts.append(previous)
-                continue
-            source = render_rust_source(spec, generation)
-            result = await compile_rust_lib(source, rustc=self.rustc, timeout_s=self.compile_timeout_s)
-            previous = RustAttempt(generation=generation, source=source, compile=result)
-            attempts.append(previous)
-            if result.ok:
+            # a ProviderError (the provider itself failing) propagates
+            candidates = await asyncio.gather(
+                *(self._candidate(spec, prompt, round_index) for _ in range(self.candidates))
+            )
+            attempts.extend(candidates)
+            if any(c.compiled for c in candidates):
                 break
+            previous = min(candidates, key=_num_errors)
         return RustGenerationResult(spec=spec, attempts=tuple(attempts))
 
 
@@ -444,6 +632,9 @@ __all__ = [
     "RustFunctionSpec",
     "RustGenerationResult",
     "RustGenerator",
+    "SuggestedEdit",
+    "apply_suggestions",
     "compile_rust_lib",
+    "compile_with_fixes",
     "render_rust_source",
 ]
