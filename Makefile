@@ -27,8 +27,9 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# every bench, or those PYTEST_ARGS names (make bench PYTEST_ARGS="benches/bench_model.py -s")
 bench: setup
-	$(PY) -m pytest benches --benchmark-enable $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter benches/%,$(PYTEST_ARGS)),,benches) --benchmark-enable $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check tritonlm tests benches

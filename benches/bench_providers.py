@@ -46,7 +46,7 @@ TEXT = 'Here you go:\n```json\n{"name": "widget", "count": 3, "tags": ["a", "b"]
 CONCURRENT_CALLS = 8
 CONCURRENT_MAX_TOKENS = 48
 RUST_MAX_ATTEMPTS = 3
-RUST_CANDIDATES = 4
+RUST_CANDIDATES = 8
 RUST_TEMPERATURE = 0.3
 RUST_RETRY_TEMPERATURE = 0.7
 SYSTEM_PROMPT = "You are an expert Rust programmer. You answer with JSON only."
@@ -167,7 +167,8 @@ def _first_error(attempt: Any) -> str:
 
 def rust_table(results: list[RustGenerationResult]) -> str:
     rows = [
-        "| spec | schema valid | compiled | as generated | rounds | compiler edits applied | first error left |",
+        "| spec | schema valid | compiled | as generated | rounds | compiler edits (compiling candidates, else all) "
+        "| first error |",
         "|---|---|---|---|---|---|---|",
     ]
     for result in results:
@@ -204,8 +205,13 @@ def test_rust_specs_validate_and_compile(benchmark, local_provider) -> None:
 
 
 def main() -> None:
+    """``python benches/bench_providers.py [CANDIDATES]``: the overhead, the concurrency ratio and
+    the Rust table (with CANDIDATES answers per round instead of RUST_CANDIDATES)."""
     import os
 
+    global RUST_CANDIDATES
+    if len(sys.argv) > 1:
+        RUST_CANDIDATES = int(sys.argv[1])
     os.environ.setdefault("TRITON_INTERPRET", "0")
     from tritonlm.model.loader import load_model
 

@@ -479,6 +479,11 @@ def test_generator_applies_compiler_fixes_unless_told_not_to() -> None:
     plain = run(RustGenerator(ProviderAdapter(provider), max_attempts=2, compiler_fixes=False).generate(MAX_SPEC))
     assert not plain.compiled and plain.num_rounds == 2
     assert all(a.num_fixes == 0 and a.source == a.generated_source for a in plain.attempts)
+    # of two compiling candidates, the one that compiled as generated is the result's source
+    both = ScriptedProvider(objects=[needs_ord, _generation(GOOD_BODY)])
+    result = run(RustGenerator(ProviderAdapter(both), candidates=2).generate(MAX_SPEC))
+    assert [a.compiled for a in result.attempts] == [True, True] and result.attempts[0].num_fixes >= 1
+    assert result.source == result.attempts[1].source == result.attempts[1].generated_source
 
 
 @pytest.mark.skipif(shutil.which("rustc") is None, reason="rustc not installed")
@@ -486,12 +491,14 @@ def test_candidates_run_concurrently_and_the_one_with_fewest_errors_is_fed_back(
     two_errors = _generation("zzq_first_missing();\nzzq_second_missing()")
     one_error = _generation("zzq_third_missing()")
     provider = ScriptedProvider(objects=[one_error, two_errors, one_error, _generation(GOOD_BODY)], delay_s=0.2)
-    generator = RustGenerator(ProviderAdapter(provider), max_attempts=3, candidates=2)
+    generator = RustGenerator(ProviderAdapter(provider), max_attempts=3, candidates=2, temperature=0.3,
+                              retry_temperature=0.7)
     result = run(generator.generate(MAX_SPEC))
     assert result.compiled and result.num_rounds == 2 and len(result.attempts) == 4
     assert [a.round for a in result.attempts] == [0, 0, 1, 1]
     assert [a.compiled for a in result.attempts] == [False, False, False, True]
     assert provider.max_in_flight == 2  # a round's candidates are asked at once
+    assert [c.kwargs["temperature"] for c in provider.calls] == [0.3, 0.7, 0.7, 0.7]
     retry_prompts = [c.prompt for c in provider.calls[2:]]
     assert all("zzq_third_missing" in p and "zzq_first_missing" not in p for p in retry_prompts)
     assert result.source == result.attempts[3].source
@@ -508,7 +515,7 @@ def test_generation_schema_keeps_bodies_balanced_and_free_of_fn_items() -> None:
     good_bodies = [
         GOOD_BODY,
         'if x { format!("{} {", y) } else { "}".to_string() }',  # braces inside strings do not count
-        "let f = |x| x + 1;\nif f(2) > 0 { fnord(&'a x) } else { 0 }",
+        "let f = |x| x + 1;\nif f(2) > 0 { xfn(&'a x) } else { 0 }",  # `f` and `fn` inside words are fine
         "for w in text.split_whitespace() {\n    *m.entry(w.to_string()).or_insert(0) += 1;\n}\nm",
     ]
     for body in good_bodies:
@@ -517,6 +524,8 @@ def test_generation_schema_keeps_bodies_balanced_and_free_of_fn_items() -> None:
         "match n { 0 => 1, _ => 2 }}",  # closes the function itself
         "match n {\n    0 => 1,",  # left open
         "fn is_even(n: i64) -> bool { n % 2 == 0 }\nis_even(n)",  # an item, not statements
+        "fnis_even { n % 2 == 0 }",  # ... nor the way round that a small model finds
+        'Err(format!(), "empty"))',  # one parenthesis too many
         "values.iter().sum(",
     ]
     for body in bad_bodies:

@@ -435,8 +435,9 @@ class RustGenerationResult:
 
     @property
     def source(self) -> str | None:
-        """The compiling source if any, else the source of the last attempt that produced one."""
-        for attempt in self.attempts:
+        """A compiling source if any (one that compiled as generated first), else the source of
+        the last attempt that produced one."""
+        for attempt in sorted(self.attempts, key=lambda a: not a.compiled_as_generated):
             if attempt.compiled:
                 return attempt.source
         for attempt in reversed(self.attempts):
@@ -507,7 +508,7 @@ class RustGenerator:
     """Generates a compiling Rust function for a :class:`RustFunctionSpec` through an adapter.
 
     Each round asks for ``candidates`` answers at once (concurrent adapter calls, so a local
-    engine decodes them in one batch; the first round at ``temperature``, later ones at
+    engine decodes them in one batch; the very first at ``temperature``, all others at
     ``retry_temperature``) and compiles each. With ``compiler_fixes`` a failing candidate
     gets the edits rustc itself suggests for its errors (missing imports, a missing trait
     bound, ``.to_string()``...), as ``cargo fix`` would apply them, up to ``max_fix_rounds``
@@ -587,13 +588,11 @@ class RustGenerator:
                 parts.append(f"Your previous answer was not valid: {previous.error[:500]}\nAnswer again.")
         return "\n\n".join(parts)
 
-    async def _candidate(self, spec: RustFunctionSpec, prompt: str, round_index: int) -> RustAttempt:
+    async def _candidate(self, spec: RustFunctionSpec, prompt: str, round_index: int, temperature: float | None
+                         ) -> RustAttempt:
         try:
             prediction = await self.adapter(
-                prompt=prompt,
-                schema=RUST_GENERATION_SCHEMA,
-                max_tokens=self.max_tokens,
-                temperature=self.temperature if round_index == 0 else self.retry_temperature,
+                prompt=prompt, schema=RUST_GENERATION_SCHEMA, max_tokens=self.max_tokens, temperature=temperature
             )
         except StructuredOutputError as exc:
             return RustAttempt(generation=None, source=None, compile=None, error=str(exc), round=round_index)
@@ -615,8 +614,13 @@ class RustGenerator:
         for round_index in range(self.max_attempts):
             prompt = self.build_prompt(spec, previous)
             # a ProviderError (the provider itself failing) propagates
+            # the first answer of the first round at `temperature`, every other one at the more
+            # diverse `retry_temperature` (samples of one prompt should differ, and a retry
+            # should not repeat the answer it follows)
+            temperatures = [self.temperature if round_index == 0 and k == 0 else self.retry_temperature
+                            for k in range(self.candidates)]
             candidates = await asyncio.gather(
-                *(self._candidate(spec, prompt, round_index) for _ in range(self.candidates))
+                *(self._candidate(spec, prompt, round_index, t) for t in temperatures)
             )
             attempts.extend(candidates)
             if any(c.compiled for c in candidates):
