@@ -534,3 +534,26 @@ def test_generation_schema_keeps_bodies_balanced_and_free_of_fn_items() -> None:
     assert problems(helper_functions=[{"name": "h", "code": "let x = 1;"}])
     assert problems(helper_functions=[{"name": "h", "code": "fn h() -> i32 { 1 }}"}])
     assert problems(helper_functions=[{"name": "h", "code": "pub(crate) fn h<T>(x: T) -> T { x }\n"}]) == []
+
+
+def test_suggestions_outside_the_compiled_file_and_of_warnings_are_dropped() -> None:
+    from tritonlm.providers.rust_generator import SuggestedEdit, _parse_diagnostics
+
+    def span(file_name: str, start: int, end: int, text: str, applicability: str = "MachineApplicable") -> dict:
+        return {"file_name": file_name, "byte_start": start, "byte_end": end, "suggested_replacement": text,
+                "suggestion_applicability": applicability}
+
+    def diagnostic(level: str, *children: list[dict]) -> str:
+        return json.dumps({"level": level, "message": "m", "rendered": f"{level}: m\n",
+                           "children": [{"message": "help", "spans": list(c)} for c in children]})
+
+    stream = "\n".join([
+        diagnostic("error", [span("lib.rs", 0, 0, "use a;\n")], [span("/rustc/core/option.rs", 5, 9, "x")],
+                   [span("lib.rs", 3, 4, "y"), span("/rustc/core/option.rs", 1, 2, "z")],
+                   [span("lib.rs", 7, 8, "w", "HasPlaceholders")]),
+        diagnostic("warning", [span("lib.rs", 1, 2, "_x")]),
+        "not json at all",
+    ])
+    rendered, suggestions = _parse_diagnostics(stream, "lib.rs")
+    assert suggestions == ((SuggestedEdit(0, 0, "use a;\n"),),)
+    assert rendered == "error: m\nwarning: m\nnot json at all\n"

@@ -275,8 +275,9 @@ class CompileResult:
 _APPLICABLE = frozenset({"MachineApplicable", "MaybeIncorrect"})
 
 
-def _parse_diagnostics(stderr: str) -> tuple[str, tuple[tuple[SuggestedEdit, ...], ...]]:
-    """rustc's ``--error-format=json`` stream -> (rendered text, suggested edits of the errors)."""
+def _parse_diagnostics(stderr: str, file_name: str) -> tuple[str, tuple[tuple[SuggestedEdit, ...], ...]]:
+    """rustc's ``--error-format=json`` stream -> (rendered text, suggested edits of the errors in
+    ``file_name``; a suggestion touching another file, the standard library's, is dropped)."""
     rendered: list[str] = []
     suggestions: list[tuple[SuggestedEdit, ...]] = []
     for line in stderr.splitlines():
@@ -293,7 +294,10 @@ def _parse_diagnostics(stderr: str) -> tuple[str, tuple[tuple[SuggestedEdit, ...
             continue
         for child in diagnostic.get("children", []):
             edits: dict[tuple[int, int], SuggestedEdit] = {}
-            for span in child.get("spans", []):
+            spans = [span for span in child.get("spans", []) if span.get("suggested_replacement") is not None]
+            if any(span.get("file_name") != file_name for span in spans):
+                continue
+            for span in spans:
                 replacement = span.get("suggested_replacement")
                 if replacement is None or span.get("suggestion_applicability") not in _APPLICABLE:
                     continue
@@ -362,7 +366,7 @@ async def compile_rust_lib(source: str, *, rustc: str = "rustc", timeout_s: floa
                 process.kill()
             await process.wait()
             return CompileResult(ok=False, stderr=f"rustc timed out after {timeout_s}s", timed_out=True)
-        rendered, suggestions = _parse_diagnostics(stderr.decode(errors="replace"))
+        rendered, suggestions = _parse_diagnostics(stderr.decode(errors="replace"), str(src))
         ok = process.returncode == 0
         return CompileResult(ok=ok, stderr=rendered, suggestions=() if ok else suggestions)
 
