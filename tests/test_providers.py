@@ -557,3 +557,35 @@ def test_suggestions_outside_the_compiled_file_and_of_warnings_are_dropped() -> 
     rendered, suggestions = _parse_diagnostics(stream, "lib.rs")
     assert suggestions == ((SuggestedEdit(0, 0, "use a;\n"),),)
     assert rendered == "error: m\nwarning: m\nnot json at all\n"
+
+
+@pytest.mark.skipif(shutil.which("rustc") is None, reason="rustc not installed")
+def test_a_failing_provider_cancels_the_other_candidates_of_its_round() -> None:
+    from tritonlm.providers import ProviderError
+
+    class OneFailsOthersHang(ScriptedProvider):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cancelled = 0
+
+        async def generate_structured(self, prompt: str, schema: dict, **kw: object) -> dict:
+            self.calls.append(object())  # type: ignore[arg-type]
+            if len(self.calls) == 1:
+                await asyncio.sleep(0.05)
+                raise ProviderError("the server went away")
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+            raise AssertionError("not cancelled")
+
+    provider = OneFailsOthersHang()
+
+    async def generate_then_settle() -> None:
+        with pytest.raises(ProviderError, match="went away"):
+            await RustGenerator(ProviderAdapter(provider), candidates=3).generate(MAX_SPEC)
+        await asyncio.sleep(0.05)
+        assert provider.cancelled == 2  # inside the loop: asyncio.run cancels leftovers on exit
+
+    run(generate_then_settle())

@@ -298,13 +298,12 @@ def _parse_diagnostics(stderr: str, file_name: str) -> tuple[str, tuple[tuple[Su
             if any(span.get("file_name") != file_name for span in spans):
                 continue
             for span in spans:
-                replacement = span.get("suggested_replacement")
-                if replacement is None or span.get("suggestion_applicability") not in _APPLICABLE:
+                if span.get("suggestion_applicability") not in _APPLICABLE:
                     continue
                 key = (int(span["byte_start"]), int(span["byte_end"]))
                 # spans with the same range are alternatives ("one of these imports"): the first
                 # wins; spans with different ranges are parts of one suggestion
-                edits.setdefault(key, SuggestedEdit(key[0], key[1], replacement))
+                edits.setdefault(key, SuggestedEdit(key[0], key[1], span["suggested_replacement"]))
             if edits:
                 suggestions.append(tuple(sorted(edits.values(), key=lambda e: (e.start, e.end))))
     return "".join(rendered), tuple(dict.fromkeys(suggestions))
@@ -317,9 +316,9 @@ def _overlaps(a: SuggestedEdit, b: SuggestedEdit) -> bool:
 
 
 def apply_suggestions(source: str, suggestions: tuple[tuple[SuggestedEdit, ...], ...]) -> tuple[str, int]:
-    """``source`` with rustc's suggested edits applied (as ``cargo fix`` / rustfix would):
-    a suggestion whose edits overlap an already chosen one is skipped, and an insertion that
-    is already present verbatim at its point is not repeated. Returns (new source, number of
+    """``source`` with rustc's suggested edits applied (as ``cargo fix`` / rustfix would): in
+    order, a suggestion whose edits overlap an already chosen edit, or repeat one (two
+    diagnostics proposing the same import), is skipped. Returns (new source, number of
     suggestions applied). Offsets are byte offsets into the UTF-8 source."""
     chosen: list[SuggestedEdit] = []
     applied = 0
@@ -617,15 +616,18 @@ class RustGenerator:
         previous: RustAttempt | None = None
         for round_index in range(self.max_attempts):
             prompt = self.build_prompt(spec, previous)
-            # a ProviderError (the provider itself failing) propagates
             # the first answer of the first round at `temperature`, every other one at the more
             # diverse `retry_temperature` (samples of one prompt should differ, and a retry
             # should not repeat the answer it follows)
             temperatures = [self.temperature if round_index == 0 and k == 0 else self.retry_temperature
                             for k in range(self.candidates)]
-            candidates = await asyncio.gather(
-                *(self._candidate(spec, prompt, round_index, t) for t in temperatures)
-            )
+            tasks = [asyncio.ensure_future(self._candidate(spec, prompt, round_index, t)) for t in temperatures]
+            try:
+                candidates = await asyncio.gather(*tasks)
+            except BaseException:  # a ProviderError (the provider failing) propagates; stop the others
+                for task in tasks:
+                    task.cancel()
+                raise
             attempts.extend(candidates)
             if any(c.compiled for c in candidates):
                 break
