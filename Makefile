@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PROMPT ?= Write a Python function that checks whether a string is a palindrome.
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-fast bench lint clean-cache
+.PHONY: setup run test test-fast bench lint clean-cache gpu-check
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,10 @@ test-fast: setup
 # every bench, or those PYTEST_ARGS names (make bench PYTEST_ARGS="benches/bench_model.py -s")
 bench: setup
 	$(PY) -m pytest $(if $(filter benches/%,$(PYTEST_ARGS)),,benches) --benchmark-enable $(PYTEST_ARGS)
+
+# kernel tests compiled, quantized GEMM bandwidth and model tokens/s on a CUDA GPU (skips without one)
+gpu-check: setup
+	$(PY) benches/gpu_check.py
 
 lint: setup
 	$(VENV)/bin/ruff check tritonlm tests benches

@@ -322,11 +322,17 @@ def main(sections: list[str]) -> None:
             "| question | tool calls | every step valid | both tools + finish | answer (expected) |",
             "|---|---|---|---|---|",
         ]
-        for r in react_task(lm, ours):
+        results = react_task(lm, ours)
+        for r in results:
             names = [name for name, _ in r["calls"]]
             both = {"calculator", "lookup_price"} <= set(names) and names[-1:] == ["finish"]
             calls = ", ".join(f"{name}({json.dumps(args)})" for name, args in r["calls"])
             rows.append(f"| {r['question']} | {calls} | {r['all_valid']} | {both} | {r['answer']} ({r['expected']}) |")
+        right = sum(r["answer"] == r["expected"] for r in results)
+        rows.append(
+            f"\nRight answers: **{right}/{len(results)}** ({right / len(results):.0%}); a measured rate of the "
+            "model, not a pass/fail gate (the suite asserts valid steps, both tools and finish)."
+        )
         report["react"] = "\n".join(rows)
         print(report["react"], flush=True)
         write()

@@ -60,7 +60,7 @@ def test_every_tensor_equals_gguf_dequantization(tiny_gguf):
 
 def test_gguf_model_runs_like_its_converted_folder(tiny_gguf, tmp_path):
     path, _, _ = tiny_gguf
-    direct = load_model(str(path), dtype="float32")
+    direct = load_model(str(path), dtype="float32", quantization=None)  # dequantized, as the conversion
     out = convert_gguf(path, tmp_path / "converted")
     converted = load_model(str(out), dtype="float32")
     ids = [5, 260, 17, 99, 3, 298]

@@ -57,6 +57,7 @@ def test_every_kernel_compiles_for_sm80_and_sm90(tmp_path: Path) -> None:
         "_prefill_attention_kernel",
         "_silu_and_mul_kernel",
         "_apply_token_bitmask_kernel",
+        "_quant_matmul_kernel",
     ):
         for arch in (80, 90):
             assert re.search(rf"^ok .* {name} sm_{arch} ", out, re.M), f"{name} sm_{arch} not compiled"

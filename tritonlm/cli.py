@@ -9,6 +9,26 @@ from collections.abc import Sequence
 from tritonlm.errors import TritonLMError
 
 
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--quantization",
+        default="auto",
+        choices=("auto", "gguf", "int8", "int4", "none"),
+        help="auto: a .gguf keeps its quantized weights, a HF folder loads dense; int8/int4: quantize at load; "
+        "none: dense weights",
+    )
+    p.add_argument(
+        "--deterministic", action="store_true", help="batch-invariant numerics: outputs independent of other requests"
+    )
+
+
+def _model_options(args: argparse.Namespace) -> dict:
+    return {
+        "quantization": None if args.quantization == "none" else args.quantization,
+        "deterministic": args.deterministic,
+    }
+
+
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="stream a completion of PROMPT to stdout")
     p.add_argument("prompt", help="the prompt ('-' reads standard input)")
@@ -21,6 +41,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default=None, choices=("torch", "triton", "interpret"))
+    _add_model_options(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
         "--chat",
@@ -48,6 +69,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default=None, choices=("torch", "triton", "interpret"))
+    _add_model_options(p)
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--log-level", default="info")
@@ -73,7 +95,7 @@ def _generate(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         seed=args.seed,
     )
-    llm = LLM(model=args.model, dtype=args.dtype, device=args.device, backend=args.backend)
+    llm = LLM(model=args.model, dtype=args.dtype, device=args.device, backend=args.backend, **_model_options(args))
     request = [{"role": "user", "content": prompt}] if args.chat else prompt
     try:
         stream = llm.stream(request, params)
@@ -113,7 +135,7 @@ def _serve(args: argparse.Namespace) -> int:
     from tritonlm import LLM
 
     llm = LLM(model=args.model, dtype=args.dtype, device=args.device, backend=args.backend,
-              max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len)
+              max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len, **_model_options(args))
     try:
         serve(llm, args.served_model_name or args.model, host=args.host, port=args.port, log_level=args.log_level)
     finally:

@@ -16,13 +16,15 @@ from tritonlm.errors import ConfigError
 Backend = Literal["torch", "triton", "interpret"]
 BACKENDS: tuple[str, ...] = ("torch", "triton", "interpret")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+QUANTIZATIONS: tuple[str | None, ...] = ("auto", "gguf", "int8", "int4", None)
 
 
 @dataclass(frozen=True)
 class Environment:
     """A snapshot of the environment variables tritonlm honours."""
 
-    cache_dir: Path
+    cache_dir: Path  # TRITONLM_CACHE_DIR: derived data (constraint tables, compiled CPU kernels)
+    models_dir: Path  # TRITONLM_MODELS_DIR: fetched model files (default: cache_dir / "models")
     backend: str | None  # TRITONLM_BACKEND; None means "pick by device"
     triton_interpret: bool  # TRITON_INTERPRET=1 (must be set before triton is imported)
     num_threads: int | None  # TRITONLM_NUM_THREADS
@@ -35,6 +37,8 @@ class Environment:
         else:
             xdg = os.environ.get("XDG_CACHE_HOME")
             cache_dir = (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "tritonlm"
+        models = os.environ.get("TRITONLM_MODELS_DIR")
+        models_dir = Path(models).expanduser() if models else cache_dir / "models"
         backend = os.environ.get("TRITONLM_BACKEND") or None
         if backend is not None and backend not in BACKENDS:
             raise ConfigError(f"TRITONLM_BACKEND={backend!r}: expected one of {BACKENDS}")
@@ -49,6 +53,7 @@ class Environment:
                 raise ConfigError(f"TRITONLM_NUM_THREADS={threads!r}: must be >= 1")
         return Environment(
             cache_dir=cache_dir,
+            models_dir=models_dir,
             backend=backend,
             triton_interpret=os.environ.get("TRITON_INTERPRET", "0") == "1",
             num_threads=num_threads,
@@ -91,8 +96,14 @@ class ModelConfig:
     backend: str | None = None
     max_model_len: int | None = None
     seed: int = 0
+    deterministic: bool = False  # batch-invariant numerics (Qwen2ForCausalLM.batch_invariant)
+    quantization: str | None = "auto"  # "auto", "gguf", "int8", "int4" or None (tritonlm.model.loader)
 
     def __post_init__(self) -> None:
+        if self.quantization not in QUANTIZATIONS:
+            raise ConfigError(f"quantization={self.quantization!r}: expected one of {QUANTIZATIONS}")
+        if not isinstance(self.deterministic, bool):
+            raise ConfigError(f"deterministic={self.deterministic!r}: expected a bool")
         if not isinstance(self.model, str) or not self.model:
             raise ConfigError(f"model={self.model!r}: expected a path, hub id or 'default'")
         if self.dtype not in DTYPES:

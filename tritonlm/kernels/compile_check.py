@@ -28,6 +28,7 @@ KERNEL_MODULES: tuple[str, ...] = (
     "prefill_attention",
     "activation",
     "bitmask",
+    "quant_matmul",
 )
 
 

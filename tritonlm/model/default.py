@@ -1,7 +1,6 @@
 """The default model: Qwen2.5-Coder-0.5B-Instruct (GGUF, Q4_K_M), shipped as six PyPI wheels.
 
-The pieces are concatenated once into the cache directory (size and sha256 checked), then
-converted once to a float32 safetensors folder, so later loads only read that folder.
+The pieces are concatenated once into the models directory (size and sha256 checked).
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ INSTALL_COMMAND = "pip install " + " ".join(f"{p}=={PART_VERSION}" for p in PART
 
 
 def models_dir() -> Path:
-    return env().cache_dir / "models"
+    return env().models_dir
 
 
 def part_paths() -> list[Path]:
@@ -134,10 +133,11 @@ def _ensure_default_gguf() -> Path:
 
 
 def ensure_default_model() -> Path:
-    """The cached float32 safetensors folder of the default model, converting once if needed."""
+    """The default model as a float32 HF safetensors folder (for HF transformers), converted once
+    from the verified GGUF into ``TRITONLM_CACHE_DIR`` (derived data, unlike the GGUF itself)."""
     from tritonlm.model.loader import convert_gguf
 
-    folder = models_dir() / DEFAULT_MODEL_NAME
+    folder = env().cache_dir / "converted" / DEFAULT_MODEL_NAME
     stamp = folder / ".converted-from"
     expected = f"{GGUF_SHA256} v{CONVERSION_VERSION}"
     if stamp.is_file() and stamp.read_text().strip() == expected:

@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from tritonlm.config import QUANTIZATIONS  # "auto": "gguf" for a .gguf file, None for a HF folder
 from tritonlm.errors import ConfigError, ModelLoadError
 from tritonlm.kernels import Ops, get_ops
+from tritonlm.kernels.qweight import QuantizedWeight, quantize_rtn
 from tritonlm.model.config import Qwen2Config
+from tritonlm.model.gguf_quant import DECODERS, decode_blocks
+from tritonlm.model.gguf_reader import GGUFFormatError, GGUFReader, TensorInfo
 from tritonlm.model.qwen2 import Qwen2ForCausalLM
 from tritonlm.model.tokenizer import Tokenizer
 
@@ -46,7 +51,7 @@ _GGUF_GLOBAL_NAMES: dict[str, str] = {
     "output.weight": "lm_head.weight",
 }
 # Tensor types whose dequantization this loader supports (the default model uses the first five).
-SUPPORTED_GGUF_TYPES = ("F32", "Q8_0", "Q5_0", "Q4_K", "Q6_K", "F16", "BF16", "Q4_0", "Q5_K", "Q8_K")
+SUPPORTED_GGUF_TYPES = ("F32", "Q8_0", "Q5_0", "Q4_K", "Q6_K", "F16", "BF16", "Q4_0", "Q5_K", "Q8_K", "Q4_1", "Q5_1")
 
 
 def gguf_to_hf_name(name: str) -> str | None:
@@ -82,44 +87,25 @@ def permute_qk(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
 # GGUF
 # ---------------------------------------------------------------------------------------------
 class GGUFFile:
-    """A parsed GGUF file: metadata as Python values and lazily dequantized tensors."""
+    """A parsed GGUF file: metadata as Python values, tensors read from the file when asked for."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelLoadError(f"{self.path}: no such GGUF file")
-        import gguf
-
-        size = self.path.stat().st_size
         try:
-            self._reader = gguf.GGUFReader(str(self.path), "r")
-        except Exception as exc:
-            raise ModelLoadError(f"{self.path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from exc
-        for t in self._reader.tensors:
-            end = int(t.data_offset) + int(t.n_bytes)
-            if end > size:
-                raise ModelLoadError(f"{self.path}: truncated: tensor {t.name} ends at byte {end}, the file has {size}")
-        try:
-            self.metadata: dict[str, Any] = {k: self._field_value(f) for k, f in self._reader.fields.items()}
-        except Exception as exc:
-            raise ModelLoadError(f"{self.path}: corrupted metadata ({type(exc).__name__}: {exc})") from exc
-        self.tensors = {t.name: t for t in self._reader.tensors}
-
-    @staticmethod
-    def _field_value(field: Any) -> Any:
-        import gguf
-
-        types = field.types
-        if types and types[0] == gguf.GGUFValueType.ARRAY and len(types) > 1 and types[1] == gguf.GGUFValueType.STRING:
-            parts = field.parts
-            return [bytes(parts[i]).decode("utf-8", errors="surrogateescape") for i in field.data]
-        return field.contents()
+            self._reader = GGUFReader(self.path)
+        except (GGUFFormatError, OSError, UnicodeDecodeError, struct.error) as exc:
+            message = str(exc) if str(exc).startswith("truncated") else f"not a readable GGUF file ({exc})"
+            raise ModelLoadError(f"{self.path}: {message}") from exc
+        self.metadata: dict[str, Any] = self._reader.metadata
+        self.tensors: dict[str, TensorInfo] = self._reader.tensors
 
     def config(self) -> Qwen2Config:
         embed = self.tensors.get("token_embd.weight")
         if embed is None:
             raise ModelLoadError(f"{self.path}: no token_embd.weight tensor")
-        vocab = int(embed.shape[-1])
+        vocab = int(embed.shape[-1])  # fastest-first: [hidden, vocab]
         try:
             return Qwen2Config.from_gguf_metadata(
                 self.metadata, vocab_size=vocab, has_output="output.weight" in self.tensors
@@ -130,40 +116,113 @@ class GGUFFile:
     def tokenizer(self) -> Tokenizer:
         return Tokenizer.from_gguf_metadata(self.metadata)
 
+    def _type_name(self, name: str) -> str:
+        import gguf
+
+        return gguf.GGMLQuantizationType(self.tensors[name].type_id).name
+
     def dequantize(self, name: str) -> np.ndarray:
         """One tensor as float32 numpy in PyTorch layout (``[out, in]`` for matrices)."""
         import gguf
 
         t = self.tensors[name]
-        qtype = gguf.GGMLQuantizationType(int(t.tensor_type))
-        if qtype.name not in SUPPORTED_GGUF_TYPES:
-            raise ModelLoadError(f"{self.path}: tensor {name} has unsupported type {qtype.name}")
+        type_name = self._type_name(name)
+        if type_name not in SUPPORTED_GGUF_TYPES:
+            raise ModelLoadError(f"{self.path}: tensor {name} has unsupported type {type_name}")
         try:
-            if qtype == gguf.GGMLQuantizationType.F32:
-                arr = np.array(t.data, dtype=np.float32)
-            elif qtype == gguf.GGMLQuantizationType.F16:
-                arr = np.asarray(t.data).view(np.float16).astype(np.float32)
+            raw = self._reader.read_rows(name)
+            if type_name == "F32":
+                arr = raw.view(np.float32)
+            elif type_name == "F16":
+                arr = raw.view(np.float16).astype(np.float32)
             else:
-                arr = gguf.quants.dequantize(t.data, qtype)
+                arr = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[type_name])
         except Exception as exc:
             raise ModelLoadError(f"{self.path}: cannot dequantize {name} ({type(exc).__name__}: {exc})") from exc
         shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dims fastest-first
         return arr.reshape(shape)
 
-    def state_dict(self, dtype: torch.dtype = torch.float32) -> Iterator[tuple[str, torch.Tensor]]:
-        """HF-named tensors, dequantized, one at a time (keeps peak memory low)."""
-        config = self.config()
-        permuted = self.metadata.get("general.architecture") == "llama"
+    def quantized(self, name: str) -> QuantizedWeight | None:
+        """A quantized matrix exactly as stored (see :mod:`tritonlm.model.gguf_quant`), or None
+        when the tensor is not a matrix of a block-quantized type."""
+        t = self.tensors[name]
+        type_name = self._type_name(name)
+        if type_name not in DECODERS or len(t.shape) != 2:
+            return None
+        shape = (int(t.shape[1]), int(t.shape[0]))  # GGUF lists dims fastest-first
+        try:
+            return decode_blocks(type_name, lambda a, b: self._reader.read_rows(name, a, b), shape)
+        except (ValueError, KeyError, OSError) as exc:
+            raise ModelLoadError(f"{self.path}: cannot read {type_name} tensor {name} ({exc})") from exc
+
+    def tensor(
+        self, name: str, dtype: torch.dtype = torch.float32, *, keep_quantized: bool = False
+    ) -> torch.Tensor | QuantizedWeight:
+        """One tensor under its GGUF name: dequantized to ``dtype``, or with ``keep_quantized`` a
+        block-quantized matrix as :class:`QuantizedWeight` (no float copy). Q/K rows of ``llama``
+        exports are un-permuted."""
+        tensor: torch.Tensor | QuantizedWeight | None = self.quantized(name) if keep_quantized else None
+        if tensor is None:
+            tensor = torch.from_numpy(np.ascontiguousarray(self.dequantize(name))).to(dtype)
+        if self.metadata.get("general.architecture") == "llama":
+            config = self.config()
+            if name.endswith(("attn_q.weight", "attn_q.bias")):
+                tensor = _map_rows(tensor, lambda t: unpermute_qk(t, config.num_attention_heads))
+            elif name.endswith(("attn_k.weight", "attn_k.bias")):
+                tensor = _map_rows(tensor, lambda t: unpermute_qk(t, config.num_key_value_heads))
+        return tensor
+
+    def state_dict(
+        self, dtype: torch.dtype = torch.float32, *, keep_quantized: bool = False
+    ) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
+        """HF-named tensors one at a time (keeps peak memory low); see :meth:`tensor`."""
         for name in self.tensors:
             hf_name = gguf_to_hf_name(name)
-            if hf_name is None:
-                continue
-            tensor = torch.from_numpy(np.ascontiguousarray(self.dequantize(name)))
-            if permuted and name.endswith(("attn_q.weight", "attn_q.bias")):
-                tensor = unpermute_qk(tensor, config.num_attention_heads)
-            elif permuted and name.endswith(("attn_k.weight", "attn_k.bias")):
-                tensor = unpermute_qk(tensor, config.num_key_value_heads)
-            yield hf_name, tensor.to(dtype)
+            if hf_name is not None:
+                yield hf_name, self.tensor(name, dtype, keep_quantized=keep_quantized)
+
+    def lazy_state_dict(self, *, keep_quantized: bool) -> Mapping[str, torch.Tensor | QuantizedWeight]:
+        """HF-named tensors read from the file when looked up (float32 or quantized), so a model
+        built from it never holds a second copy of its weights."""
+        return _LazyState(self, keep_quantized)
+
+
+class _LazyState(Mapping):
+    def __init__(self, src: GGUFFile, keep_quantized: bool) -> None:
+        self._src = src
+        self._keep = keep_quantized
+        self._names = {hf: name for name in src.tensors if (hf := gguf_to_hf_name(name)) is not None}
+
+    def __getitem__(self, hf_name: str) -> torch.Tensor | QuantizedWeight:
+        return self._src.tensor(self._names[hf_name], keep_quantized=self._keep)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def _map_rows(tensor: torch.Tensor | QuantizedWeight, fn: Any) -> torch.Tensor | QuantizedWeight:
+    """``fn`` (a reordering of rows) applied to a tensor, or to every row-major part of a quantized one."""
+    if isinstance(tensor, torch.Tensor):
+        return fn(tensor)
+    offsets = None if tensor.offsets is None else fn(tensor.offsets)
+    return QuantizedWeight(fn(tensor.qweight), fn(tensor.scales), offsets, tensor.bits, tensor.group_size)
+
+
+def quantize_state_dict(
+    state: Mapping[str, torch.Tensor | QuantizedWeight], bits: int, group_size: int = 32
+) -> dict[str, torch.Tensor | QuantizedWeight]:
+    """Round-to-nearest ``bits``-bit groups for every matrix (projections, embedding, lm_head)
+    of a float state dict; quantized entries are dequantized first (re-quantized)."""
+    out: dict[str, torch.Tensor | QuantizedWeight] = {}
+    for name, t in state.items():
+        if name.endswith(("_proj.weight", "embed_tokens.weight", "lm_head.weight")):
+            dense = t.dequantize(torch.float32) if isinstance(t, QuantizedWeight) else t
+            t = quantize_rtn(dense, bits, group_size)
+        out[name] = t
+    return out
 
 
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: str = "float32") -> Path:
@@ -267,14 +326,40 @@ def load_model(
     device: str | torch.device = "cpu",
     backend: str | None = None,
     ops: Ops | None = None,
+    deterministic: bool = False,
+    quantization: str | None = "auto",
 ) -> LoadedModel:
     """Load ``model``: ``"default"``, a HF folder, a ``.gguf`` file, or a hub id (huggingface_hub).
 
-    A GGUF is dequantized on every load; the default model is converted once to a cached
-    safetensors folder so later loads only read it.
+    ``quantization``: ``"gguf"`` (the default for a .gguf file) keeps the file's block-quantized
+    matrices as they are (:mod:`tritonlm.model.gguf_quant`; the default model is read from its
+    GGUF); ``"int8"`` / ``"int4"`` quantize every matrix at load (round to nearest, groups of
+    32); ``None`` (the default for a HF folder) holds dense weights in ``dtype``: a GGUF is then
+    dequantized, and the default model is read from a float32 folder converted once.
+    ``dtype`` is the activation dtype either way. ``deterministic``: batch-invariant numerics
+    (see :class:`Qwen2ForCausalLM`).
     """
+    from tritonlm.threads import call_on_fresh_thread
+
+    # parallel work (unpacking, repacking) on a thread that exits: see tritonlm.threads
+    return call_on_fresh_thread(
+        lambda: _load_model(model, dtype, device, backend, ops, deterministic, quantization), name="tritonlm-load"
+    )
+
+
+def _load_model(
+    model: str | Path,
+    dtype: str | torch.dtype,
+    device: str | torch.device,
+    backend: str | None,
+    ops: Ops | None,
+    deterministic: bool,
+    quantization: str | None,
+) -> LoadedModel:
     from tritonlm.config import resolve_backend
 
+    if quantization not in QUANTIZATIONS:
+        raise ConfigError(f"quantization={quantization!r}: expected one of {QUANTIZATIONS}")
     torch_dtype = resolve_dtype(dtype)
     device = torch.device(device)
     if ops is None:
@@ -282,27 +367,32 @@ def load_model(
     name = str(model)
     path = Path(model).expanduser()
     if name == "default":
-        from tritonlm.model.default import ensure_default_model
+        from tritonlm.model.default import ensure_default_gguf, ensure_default_model
 
-        path = ensure_default_model()
+        path = ensure_default_gguf() if quantization in ("auto", "gguf") else ensure_default_model()
     elif not path.exists() and "/" in name and not name.startswith((".", "/", "~")):
         path = _download_from_hub(name)
+    state: Mapping[str, torch.Tensor | QuantizedWeight]
     if path.is_file():
         if path.suffix != ".gguf":
             raise ModelLoadError(f"{path}: expected a .gguf file or a HF model folder")
         src = GGUFFile(path)
         config = src.config()
-        state = dict(src.state_dict(torch.float32))
+        state = src.lazy_state_dict(keep_quantized=quantization in ("auto", "gguf"))
         tokenizer = src.tokenizer()
     elif path.is_dir():
+        if quantization == "gguf":
+            raise ConfigError(f"quantization='gguf' needs a .gguf file, {path} is a folder")
         config = Qwen2Config.from_json_file(path / "config.json")
-        state = load_safetensors_folder(path, torch_dtype)
+        state = load_safetensors_folder(path, torch_dtype if quantization in ("auto", None) else torch.float32)
         tokenizer = Tokenizer.from_dir(path, vocab_size=config.vocab_size)
     else:
         raise ModelLoadError(f"{path}: no such model file or folder")
+    if quantization in ("int8", "int4"):
+        state = quantize_state_dict(state, 8 if quantization == "int8" else 4)
     if not tokenizer.eos_token_ids and config.eos_token_ids:
         tokenizer.eos_token_ids = config.eos_token_ids
-    net = Qwen2ForCausalLM(config, state, dtype=torch_dtype, device=device, ops=ops)
+    net = Qwen2ForCausalLM(config, state, dtype=torch_dtype, device=device, ops=ops, batch_invariant=deterministic)
     return LoadedModel(model=net, tokenizer=tokenizer, name=name)
 
 

@@ -12,32 +12,50 @@ values are exact in float32 and both accumulate in float32 and round to bf16, so
 only in summation order. A step of prompt tokens alone (a request's prefill, no decodes beside
 it) keeps the plain bf16 ``F.linear`` of HF transformers: greedy bf16 decoding is sensitive to
 the prompt's rounding, and a lone request's first tokens then match HF's.
+
+Batch invariance (``batch_invariant=True``, the engine's deterministic mode): GEMM libraries
+choose blocking and summation order by the number of rows, so by default a row's result can
+depend on how many rows share the call. In this mode every linear layer multiplies in calls of
+exactly :data:`ROW_TILE` rows (zero-padded), without packs, and attention runs one query row
+at a time over the keys up to its position (torch's SDPA picks kernels by shape too), so a
+request's logits depend neither on the other requests of its batch nor on how its prompt was
+split into chunks or read from the prefix cache. Prefills cost one attention call per token.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from tritonlm.errors import ModelLoadError
 from tritonlm.kernels import Ops, get_ops
+from tritonlm.kernels.qweight import QuantizedWeight, concat_rows
 from tritonlm.kernels.reference import rope_cos_sin_cache
 from tritonlm.model.attention import AttentionMetadata, KVCache
 from tritonlm.model.config import Qwen2Config
+
+# rows per GEMM call in batch-invariant mode
+ROW_TILE = 16
+
+
+# A matrix: a dense tensor in the model dtype, or a quantized weight in the layout of
+# ``ops.pack_quant_weight`` (what ``ops.quant_linear`` reads).
+Matrix = Any
 
 
 @dataclass
 class LayerWeights:
     input_norm: torch.Tensor  # [H]
-    qkv_weight: torch.Tensor  # [q_size + 2 * kv_size, H]
+    qkv_weight: Matrix  # [q_size + 2 * kv_size, H]
     qkv_bias: torch.Tensor  # [q_size + 2 * kv_size]
-    o_weight: torch.Tensor  # [H, q_size]
+    o_weight: Matrix  # [H, q_size]
     post_norm: torch.Tensor  # [H]
-    gate_up_weight: torch.Tensor  # [2 * I, H]  (gate rows first, then up)
-    down_weight: torch.Tensor  # [H, I]
+    gate_up_weight: Matrix  # [2 * I, H]  (gate rows first, then up)
+    down_weight: Matrix  # [H, I]
 
 
 def hf_weight_names(config: Qwen2Config) -> list[str]:
@@ -67,10 +85,13 @@ class Qwen2ForCausalLM:
         device: torch.device | str = "cpu",
         ops: Ops | None = None,
         packed_matmul: bool | None = None,
+        batch_invariant: bool = False,
     ) -> None:
         """``packed_matmul``: multiply by oneDNN-prepacked weights (None: for a bf16 model on the
-        CPU when torch has oneDNN; see the module docstring)."""
+        CPU when torch has oneDNN); ``batch_invariant``: results per request independent of the
+        batch (see the module docstring; no packs then)."""
         self.config = config
+        self.batch_invariant = batch_invariant
         self.dtype = dtype
         self.device = torch.device(device)
         self.ops = ops or get_ops("torch")
@@ -78,15 +99,31 @@ class Qwen2ForCausalLM:
         if missing:
             raise ModelLoadError(f"checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
 
-        def take(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        def take(name: str, shape: tuple[int, ...]) -> torch.Tensor | QuantizedWeight:
             t = state_dict[name]
             if tuple(t.shape) != shape:
                 raise ModelLoadError(f"tensor {name}: shape {tuple(t.shape)}, expected {shape}")
+            if isinstance(t, QuantizedWeight):
+                return t.to(self.device)
             return t.to(device=self.device, dtype=dtype)
+
+        def matrix(*names_shapes: tuple[str, tuple[int, int]]) -> Matrix:
+            """One matrix from row blocks (fused projections), packed for the backend if quantized."""
+            parts = [take(name, shape) for name, shape in names_shapes]
+            if all(isinstance(p, torch.Tensor) for p in parts):
+                return torch.cat(parts).contiguous() if len(parts) > 1 else parts[0].contiguous()
+            if not all(isinstance(p, QuantizedWeight) for p in parts):  # mixed: hold all dense
+                dense = [p.dequantize(dtype) if isinstance(p, QuantizedWeight) else p for p in parts]
+                return torch.cat(dense).contiguous()
+            return self.ops.pack_quant_weight(concat_rows(parts) if len(parts) > 1 else parts[0])
 
         c = config
         h, q, kv, inter = c.hidden_size, c.q_size, c.kv_size, c.intermediate_size
-        self.embed_tokens = take("model.embed_tokens.weight", (c.vocab_size, h)).contiguous()
+        embed = take("model.embed_tokens.weight", (c.vocab_size, h))
+        # a quantized embedding stays as the contract layout: rows are dequantized on lookup
+        self.embed_tokens: torch.Tensor | QuantizedWeight = (
+            embed if isinstance(embed, QuantizedWeight) else embed.contiguous()
+        )
         self.norm = take("model.norm.weight", (h,))
         self.layers: list[LayerWeights] = []
         for i in range(c.num_hidden_layers):
@@ -94,13 +131,11 @@ class Qwen2ForCausalLM:
             self.layers.append(
                 LayerWeights(
                     input_norm=take(p + "input_layernorm.weight", (h,)),
-                    qkv_weight=torch.cat(
-                        [
-                            take(p + "self_attn.q_proj.weight", (q, h)),
-                            take(p + "self_attn.k_proj.weight", (kv, h)),
-                            take(p + "self_attn.v_proj.weight", (kv, h)),
-                        ]
-                    ).contiguous(),
+                    qkv_weight=matrix(
+                        (p + "self_attn.q_proj.weight", (q, h)),
+                        (p + "self_attn.k_proj.weight", (kv, h)),
+                        (p + "self_attn.v_proj.weight", (kv, h)),
+                    ),
                     qkv_bias=torch.cat(
                         [
                             take(p + "self_attn.q_proj.bias", (q,)),
@@ -108,23 +143,31 @@ class Qwen2ForCausalLM:
                             take(p + "self_attn.v_proj.bias", (kv,)),
                         ]
                     ).contiguous(),
-                    o_weight=take(p + "self_attn.o_proj.weight", (h, q)).contiguous(),
+                    o_weight=matrix((p + "self_attn.o_proj.weight", (h, q))),
                     post_norm=take(p + "post_attention_layernorm.weight", (h,)),
-                    gate_up_weight=torch.cat(
-                        [take(p + "mlp.gate_proj.weight", (inter, h)), take(p + "mlp.up_proj.weight", (inter, h))]
-                    ).contiguous(),
-                    down_weight=take(p + "mlp.down_proj.weight", (h, inter)).contiguous(),
+                    gate_up_weight=matrix(
+                        (p + "mlp.gate_proj.weight", (inter, h)), (p + "mlp.up_proj.weight", (inter, h))
+                    ),
+                    down_weight=matrix((p + "mlp.down_proj.weight", (h, inter))),
                 )
             )
-        if c.tie_word_embeddings:
-            self.lm_head = self.embed_tokens
+        head_name = "model.embed_tokens.weight" if c.tie_word_embeddings else "lm_head.weight"
+        if c.tie_word_embeddings and isinstance(self.embed_tokens, torch.Tensor):
+            self.lm_head: Matrix = self.embed_tokens
         else:
-            self.lm_head = take("lm_head.weight", (c.vocab_size, h)).contiguous()
+            self.lm_head = matrix((head_name, (c.vocab_size, h)))
+        matrices = [self.lm_head]
+        for lw in self.layers:
+            matrices += [lw.qkv_weight, lw.o_weight, lw.gate_up_weight, lw.down_weight]
+        self.quantized = not all(isinstance(w, torch.Tensor) for w in matrices)
         self.cos_sin_cache = rope_cos_sin_cache(c.head_dim, c.max_position_embeddings, c.rope_theta, self.device)
         self.scale = c.head_dim**-0.5
         self._packed: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
-        if packed_matmul is None:
-            packed_matmul = dtype == torch.bfloat16 and self.device.type == "cpu" and _onednn_linear_available()
+        if batch_invariant:
+            packed_matmul = False
+        elif packed_matmul is None:
+            on_cpu = self.device.type == "cpu" and _onednn_linear_available()
+            packed_matmul = not self.quantized and dtype == torch.bfloat16 and on_cpu
         if packed_matmul:
             self._pack_weights()
 
@@ -134,19 +177,35 @@ class Qwen2ForCausalLM:
         packed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for lw in self.layers:
             for w in (lw.qkv_weight, lw.o_weight, lw.gate_up_weight, lw.down_weight):
-                packed[id(w)] = (reorder(w, None), reorder(w.float(), None))
+                if isinstance(w, torch.Tensor):
+                    packed[id(w)] = (reorder(w, None), reorder(w.float(), None))
             packed[id(lw.qkv_bias)] = (lw.qkv_bias, lw.qkv_bias.float())
-        packed[id(self.lm_head)] = (reorder(self.lm_head, None), reorder(self.lm_head.float(), None))
+        if isinstance(self.lm_head, torch.Tensor):
+            packed[id(self.lm_head)] = (reorder(self.lm_head, None), reorder(self.lm_head.float(), None))
         self._packed = packed
 
     def linear(
-        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, packed: bool = False
+        self, x: torch.Tensor, weight: Matrix, bias: torch.Tensor | None = None, packed: bool = False
     ) -> torch.Tensor:
         """``x [N, in] @ weight.T + bias`` in x's dtype; ``packed``: by the prepacked weights
-        where the model has them (see the module docstring)."""
-        if not packed or self._packed is None:
-            return F.linear(x, weight, bias)
-        return self._packed_linear(x, weight, bias)
+        where the model has them (see the module docstring). Quantized weights go to
+        ``ops.quant_linear``."""
+        if not isinstance(weight, torch.Tensor):
+            multiply = self.ops.quant_linear
+        elif self.batch_invariant or not packed or self._packed is None:
+            multiply = F.linear
+        else:
+            multiply = self._packed_linear
+        # a packed weight may declare its kernel batch-invariant already (the CPU kernel does)
+        if self.batch_invariant and not getattr(weight, "batch_invariant", False):
+            return _tiled(multiply, x, weight, bias)
+        return multiply(x, weight, bias)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``input_ids [T]`` -> ``[T, H]`` rows of the embedding, in the model dtype."""
+        if isinstance(self.embed_tokens, QuantizedWeight):
+            return self.embed_tokens.dequantize(self.dtype, rows=input_ids)
+        return F.embedding(input_ids, self.embed_tokens)
 
     def _packed_linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         packed = self._packed
@@ -178,7 +237,10 @@ class Qwen2ForCausalLM:
         )
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """HF-named tensors (un-fused), e.g. to save the model as a HF folder."""
+        """HF-named tensors (un-fused), e.g. to save the model as a HF folder (dense models only:
+        a quantized model's packed layout is the backend's; convert its GGUF instead)."""
+        if self.quantized or not isinstance(self.embed_tokens, torch.Tensor):
+            raise ModelLoadError("state_dict() of a quantized model: convert the source GGUF (tritonlm convert)")
         c = self.config
         q, kv, inter = c.q_size, c.kv_size, c.intermediate_size
         out = {"model.embed_tokens.weight": self.embed_tokens, "model.norm.weight": self.norm}
@@ -220,7 +282,7 @@ class Qwen2ForCausalLM:
         eps = c.rms_norm_eps
         q_size, kv_size = c.q_size, c.kv_size
         packed = attn.is_decode or attn.num_decode_seqs > 0  # not for a batch of prompt tokens alone
-        hidden = F.embedding(input_ids, self.embed_tokens)
+        hidden = self.embed(input_ids)
         residual: torch.Tensor | None = None
         for i, lw in enumerate(self.layers):
             if residual is None:
@@ -235,7 +297,9 @@ class Qwen2ForCausalLM:
             ops.rotary_embedding(q, k, positions, self.cos_sin_cache)
             k_cache, v_cache = kv_cache.k[i], kv_cache.v[i]
             ops.store_kv_cache(k, v, k_cache, v_cache, attn.slot_mapping)
-            if attn.is_decode:
+            if self.batch_invariant:
+                o = self._row_attention(q, k_cache, v_cache, attn, positions)
+            elif attn.is_decode:
                 o = ops.paged_decode_attention(q, k_cache, v_cache, attn.block_tables, attn.context_lens, self.scale)
             elif attn.num_decode_seqs:
                 nd = attn.num_decode_seqs  # decode rows first (one token each), then the prefill chunks
@@ -270,11 +334,42 @@ class Qwen2ForCausalLM:
 
     __call__ = forward
 
+    def _row_attention(
+        self,
+        q: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        attn: AttentionMetadata,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        """Batch-invariant attention: each query row ``[T, Hq, D]`` attends alone, as a one-token
+        decode over the keys up to its own position, so a token's result is the same whether it
+        comes in a prompt, a chunk of one, or a decode step, beside any other requests."""
+        q_lens = attn.cu_seqlens_q[1:] - attn.cu_seqlens_q[:-1]
+        tables = attn.block_tables.repeat_interleave(q_lens.long(), dim=0)
+        ctx = (positions + 1).to(torch.int32)
+        attend = self.ops.paged_decode_attention
+        rows = [
+            attend(q[i : i + 1], k_cache, v_cache, tables[i : i + 1], ctx[i : i + 1], self.scale)
+            for i in range(q.shape[0])
+        ]
+        return torch.cat(rows)
+
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor, *, packed: bool = False) -> torch.Tensor:
         """``hidden [N, H]`` -> logits ``[N, V]`` in float32 (rounded to the model dtype first).
         ``packed``: as for the forward that produced ``hidden``."""
         return self.linear(hidden, self.lm_head, None, packed).float()
+
+
+def _tiled(multiply: Any, x: torch.Tensor, weight: Matrix, bias: torch.Tensor | None) -> torch.Tensor:
+    """``multiply(x, weight, bias)`` in calls of exactly ROW_TILE rows (the last tile zero-padded),
+    so each row's summation order is the same whatever the number of rows (module docstring)."""
+    num_rows = x.shape[0]
+    pad = -num_rows % ROW_TILE
+    if pad:
+        x = torch.cat([x, x.new_zeros(pad, x.shape[1])])
+    return torch.cat([multiply(tile, weight, bias) for tile in x.split(ROW_TILE)])[:num_rows]
 
 
 def _onednn_linear_available() -> bool:

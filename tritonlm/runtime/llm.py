@@ -22,6 +22,7 @@ from tritonlm.errors import ConfigError, InferenceError, TritonLMError
 from tritonlm.runtime.engine import Engine, EngineConfig, Prompt, failed_output
 from tritonlm.runtime.outputs import RequestOutput, StreamDelta
 from tritonlm.runtime.sampling_params import SamplingParams
+from tritonlm.threads import call_on_fresh_thread
 
 Sink = Callable[[StreamDelta], None]
 
@@ -82,6 +83,7 @@ class EngineLoop:
             self._thread.join(timeout=60)
 
     def _run(self) -> None:
+        _apply_thread_setting()  # torch's thread count is per thread (an OpenMP setting)
         engine = self.engine
         while True:
             with self._cond:
@@ -221,9 +223,22 @@ class LLM:
         max_model_len: int | None = None,
         enable_prefix_caching: bool = True,
         seed: int = 0,
+        deterministic: bool = False,
+        quantization: str | None = "auto",
     ) -> None:
+        """``deterministic``: greedy outputs of a request do not depend on the other requests
+        sharing its batches (batch-invariant matmuls and attention; slower for batches).
+        ``quantization``: see :func:`tritonlm.model.loader.load_model` (``"auto"``: a .gguf keeps
+        its quantized weights, a HF folder loads dense)."""
         model_config = ModelConfig(
-            model=model, dtype=dtype, device=device, backend=backend, max_model_len=max_model_len, seed=seed
+            model=model,
+            dtype=dtype,
+            device=device,
+            backend=backend,
+            max_model_len=max_model_len,
+            seed=seed,
+            deterministic=deterministic,
+            quantization=quantization,
         )
         engine_config = EngineConfig(
             block_size=block_size,
@@ -240,7 +255,12 @@ class LLM:
 
         _apply_thread_setting()
         loaded = load_model(
-            model_config.model, dtype=_TORCH_DTYPES[model_config.dtype], device=model_config.device, backend=backend
+            model_config.model,
+            dtype=_TORCH_DTYPES[model_config.dtype],
+            device=model_config.device,
+            backend=backend,
+            deterministic=model_config.deterministic,
+            quantization=model_config.quantization,
         )
         self._setup(loaded.model, loaded.tokenizer, engine_config, getattr(loaded, "name", model))
 
@@ -260,7 +280,8 @@ class LLM:
 
     def _setup(self, model: Any, tokenizer: Any, config: EngineConfig, name: str) -> None:
         self.name = name
-        self.engine = Engine(model, tokenizer, config)
+        # the KV cache is allocated (and zeroed) off this thread: see tritonlm.threads
+        self.engine = call_on_fresh_thread(lambda: Engine(model, tokenizer, config))
         self.tokenizer = tokenizer
         self._loop = EngineLoop(self.engine)
 

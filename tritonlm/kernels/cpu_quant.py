@@ -1,0 +1,464 @@
+"""Weight-only quantized linear for the CPU: a C++ kernel (``csrc/quant_gemm.cpp``) loaded with ctypes.
+
+``pack(weight)`` repacks a :class:`~tritonlm.kernels.qweight.QuantizedWeight` once into the
+kernel's tiled layout; ``linear(x, packed, bias)`` computes ``x @ w.T + bias`` from it. The layout
+is the most compact one that holds the weight exactly (:func:`choose_layout`): float16 scales and
+offsets when every one of them is exactly a float16 (GGUF Q8_0, Q5_0, Q4_0), 5- or 6-bit values
+when every value of an 8-bit weight without offsets fits (Q5_0: -16..15, Q6_K: -32..31); decode
+reads fewer bytes, and the results are the same bits as from the plain int8 + float32 layout. Each row of
+``x`` is quantized to int8 per block of ``min(G, 32)`` inputs (scale ``amax / 127``), the integer
+dot products per block run on AVX-512 VNNI (``vpdpbusd``) where the compiler targets it (else AVX2
+``vpmaddubsw``, else portable C++), and the per-block float32 scale-and-sum runs in a fixed order,
+so a row's result is the same bits whatever the other rows of the batch (batch invariance).
+
+The error against the float reference is that of the activation quantization: about 1e-2 of the
+output's max-norm (half a quantization step, ``amax / 254`` per input, summed over K).
+
+Build: at first use the source is compiled with ``g++ -O3 -march=native -fopenmp`` into
+``env().cache_dir / "kernels" / <hash>/``, the hash covering the source, the flags, the compiler's
+predefined macros for those flags (its version and the target's ISA extensions) and the link line;
+the compile runs under a file lock in that folder and the library is moved into place atomically.
+OpenMP is linked against torch's own ``torch/lib/libgomp.so.1`` when torch ships one, so the kernel
+and torch share one OpenMP runtime and thread pool; the kernel runs on ``torch.get_num_threads()``
+threads. :func:`available` is False (and callers fall back to
+:func:`tritonlm.kernels.reference.quant_linear`) when there is no compiler or the build fails;
+importing this module never compiles anything and never raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tritonlm.config import env
+from tritonlm.errors import ConfigError, TritonLMError
+from tritonlm.kernels.qweight import QuantizedWeight
+
+SOURCE = Path(__file__).parent / "csrc" / "quant_gemm.cpp"
+COMPILER = "g++"
+COMPILE_FLAGS: tuple[str, ...] = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-std=c++17", "-ffp-contract=off")
+LIB_NAME = "quant_gemm.so"
+ABI_VERSION = 3  # must match ABI_VERSION in the source
+BUILD_TIMEOUT_S = 600
+HUGE_PAGES = True  # madvise(MADV_HUGEPAGE) packed matrices of >= 4 MiB (fewer TLB misses when streamed)
+
+
+class CpuKernelUnavailable(TritonLMError, RuntimeError):
+    """The C++ quantized-linear kernel could not be built or loaded on this machine."""
+
+
+# ---- build -----------------------------------------------------------------------------------------
+def _torch_gomp() -> Path | None:
+    """torch's bundled OpenMP runtime, which the kernel links against (None when torch has none)."""
+    path = Path(torch.__file__).parent / "lib" / "libgomp.so.1"
+    return path if path.is_file() else None
+
+
+def _link_args(obj: Path, out: Path) -> list[str]:
+    gomp = _torch_gomp()
+    if gomp is None:
+        return [COMPILER, "-shared", "-fopenmp", str(obj), "-o", str(out)]
+    return [COMPILER, "-shared", str(obj), str(gomp), f"-Wl,-rpath,{gomp.parent}", "-o", str(out)]
+
+
+def _compiler_fingerprint(flags: tuple[str, ...]) -> str:
+    """The compiler's predefined macros under ``flags``: its version and, for ``-march=native``,
+    the ISA extensions of this CPU. Raises CpuKernelUnavailable when there is no working compiler."""
+    path = shutil.which(COMPILER)
+    if path is None:
+        raise CpuKernelUnavailable(f"no C++ compiler: {COMPILER!r} is not on PATH")
+    return _macros(path, flags)
+
+
+@functools.cache
+def _macros(compiler: str, flags: tuple[str, ...]) -> str:
+    try:
+        proc = subprocess.run(
+            [compiler, *flags, "-E", "-dM", "-x", "c++", os.devnull],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise CpuKernelUnavailable(f"{COMPILER} failed to run: {exc}") from exc
+    if proc.returncode != 0:
+        raise CpuKernelUnavailable(f"{COMPILER} rejected the flags {' '.join(flags)}: {proc.stderr.strip()[-2000:]}")
+    return "\n".join(sorted(proc.stdout.splitlines()))
+
+
+def library_path(flags: Sequence[str] = COMPILE_FLAGS) -> Path:
+    """Where the kernel built with ``flags`` lives: ``env().cache_dir / "kernels" / <hash> / quant_gemm.so``."""
+    flags = tuple(flags)
+    digest = hashlib.sha256()
+    for part in (
+        SOURCE.read_bytes(),
+        "\0".join(flags).encode(),
+        _compiler_fingerprint(flags).encode(),
+        " ".join(_link_args(Path("o"), Path("so"))).encode(),
+    ):
+        digest.update(part)
+        digest.update(b"\0\1\0")
+    return env().cache_dir / "kernels" / f"quant_gemm-{digest.hexdigest()[:24]}" / LIB_NAME
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build(flags: Sequence[str] = COMPILE_FLAGS) -> Path:
+    """Compile the kernel with ``flags`` unless the cache has it; the path of the shared library.
+
+    Concurrent builders (threads or processes) serialise on a lock file next to the library;
+    the library appears under its final name only once complete (temp file + rename).
+    """
+    lib = library_path(flags)
+    if lib.is_file():
+        return lib
+    folder = lib.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CpuKernelUnavailable(f"cannot create the kernel cache folder {folder}: {exc}") from exc
+    with _file_lock(folder / ".lock"):
+        if lib.is_file():
+            return lib
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
+            obj, out = Path(tmp) / "quant_gemm.o", Path(tmp) / LIB_NAME
+            for cmd in (
+                [COMPILER, *flags, "-c", str(SOURCE), "-o", str(obj)],
+                _link_args(obj, out),
+            ):
+                try:
+                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
+                except (OSError, subprocess.SubprocessError) as exc:
+                    raise CpuKernelUnavailable(f"{' '.join(cmd)}: {exc}") from exc
+                if proc.returncode != 0:
+                    raise CpuKernelUnavailable(f"{' '.join(cmd)} failed:\n{proc.stderr.strip()[-4000:]}")
+            os.replace(out, lib)
+    return lib
+
+
+# ---- loading ---------------------------------------------------------------------------------------
+_i64, _i32, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+
+
+class _Library:
+    """The loaded kernel library with its C signatures declared."""
+
+    def __init__(self, path: Path) -> None:
+        lib = ctypes.CDLL(str(path))
+        lib.qg_abi_version.restype = _i32
+        lib.qg_abi_version.argtypes = []
+        if lib.qg_abi_version() != ABI_VERSION:
+            raise CpuKernelUnavailable(f"{path}: ABI version {lib.qg_abi_version()}, expected {ABI_VERSION}")
+        lib.qg_isa.restype = ctypes.c_char_p
+        lib.qg_isa.argtypes = []
+        lib.qg_tile_rows.restype = _i32
+        lib.qg_tile_rows.argtypes = []
+        lib.qg_max_threads.restype = _i32
+        lib.qg_max_threads.argtypes = []
+        lib.qg_advise_hugepages.restype = _i32
+        lib.qg_advise_hugepages.argtypes = [_ptr, _i64]
+        lib.qg_packed_bytes.restype = _i64
+        lib.qg_packed_bytes.argtypes = [_i64, _i64, _i32, _i32, _i32, _i32]
+        lib.qg_pack.restype = _i32
+        lib.qg_pack.argtypes = [_ptr, _i32, _ptr, _ptr, _i64, _i64, _i32, _i32, _i32, _ptr, _i32]
+        lib.qg_linear.restype = _i32
+        lib.qg_linear.argtypes = [
+            _ptr, _i32, _i64, _i64, _i64, _ptr, _i64, _i32, _i32, _i32, _i32, _ptr, _i32, _ptr, _i32, _i64, _i32,
+        ]  # fmt: skip
+        self.path = path
+        self.lib = lib
+        self.isa: str = lib.qg_isa().decode()
+        self.tile_rows: int = lib.qg_tile_rows()
+        self.linear_fn = lib.qg_linear
+
+    def __repr__(self) -> str:
+        return f"_Library({str(self.path)!r}, isa={self.isa!r})"
+
+
+_LOCK = threading.Lock()
+_LOADED: dict[Path, _Library | CpuKernelUnavailable] = {}
+
+
+def load(flags: Sequence[str] = COMPILE_FLAGS) -> _Library:
+    """The kernel library built with ``flags`` (built on first use); raises CpuKernelUnavailable.
+
+    A failure is remembered per library path, so a missing compiler is probed once per process.
+    """
+    try:
+        path = library_path(flags)
+    except CpuKernelUnavailable:
+        raise
+    except Exception as exc:  # an unreadable source, an unusable cache_dir ...
+        raise CpuKernelUnavailable(f"cannot locate the kernel library: {exc}") from exc
+    with _LOCK:
+        entry = _LOADED.get(path)
+        if entry is None:
+            try:
+                entry = _Library(build(flags))
+            except CpuKernelUnavailable as exc:
+                entry = exc
+            except Exception as exc:
+                entry = CpuKernelUnavailable(f"loading {path} failed: {exc}")
+            _LOADED[path] = entry
+    if isinstance(entry, CpuKernelUnavailable):
+        raise entry
+    return entry
+
+
+def available() -> bool:
+    """True when the kernel builds (or is cached) and loads on this machine; never raises."""
+    try:
+        load()
+    except Exception:
+        return False
+    return True
+
+
+# ---- API -------------------------------------------------------------------------------------------
+# Stored value widths pack() may choose for an 8-bit weight without offsets whose values all fit,
+# narrowest first: 5 (-16..15: GGUF Q5_0) and 6 (-32..31: Q6_K). Each is kept only where it
+# measured faster than int8 (benches/bench_quant_linear.py --suite compact).
+COMPACT_VALUE_BITS: tuple[int, ...] = (5, 6)
+_VALUE_RANGES = {5: (-16, 15), 6: (-32, 31), 8: (-128, 127)}
+
+
+@dataclass(frozen=True, eq=False)
+class CpuQuantWeight:
+    """A :class:`QuantizedWeight` repacked for the C++ kernel (see ``csrc/quant_gemm.cpp``).
+
+    ``value_bits``: how the kernel stores each value: 4 (a 4-bit weight), 8 (int8), or for an
+    8-bit weight whose values all fit, 5 (-16..15) or 6 (-32..31) bits. ``half_scales``: scales
+    and offsets stored as float16 (only when every one of them is exactly a float16). Both are
+    lossless: the kernel's results are the same bits whatever the layout."""
+
+    data: torch.Tensor  # uint8, the kernel's tiled layout
+    shape: tuple[int, int]  # (N, K)
+    bits: int
+    group_size: int
+    has_offsets: bool
+    library: _Library
+    value_bits: int = 0  # 0: ``bits``
+    half_scales: bool = False
+    data_ptr: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.data.dtype != torch.uint8 or self.data.dim() != 1 or not self.data.is_contiguous():
+            raise ConfigError("CpuQuantWeight: data must be a contiguous 1-D uint8 tensor")
+        if self.value_bits == 0:
+            object.__setattr__(self, "value_bits", self.bits)
+        vb = self.value_bits
+        if not (vb == self.bits or (self.bits == 8 and vb in _VALUE_RANGES and not self.has_offsets)):
+            raise ConfigError(
+                f"CpuQuantWeight: no {vb}-bit layout for {self.bits}-bit values"
+                + (" with offsets" if self.has_offsets else "")
+            )
+        n, k = self.shape
+        lib = self.library.lib
+        want = lib.qg_packed_bytes(n, k, vb, self.group_size, int(self.has_offsets), int(self.half_scales))
+        if self.data.numel() != want or self.data.device.type != "cpu":
+            raise ConfigError(f"CpuQuantWeight: {self.data.numel()} bytes of data, the layout needs {want} on the CPU")
+        object.__setattr__(self, "data_ptr", self.data.data_ptr())
+
+    @property
+    def layout(self) -> str:
+        """The stored form, e.g. ``"q5+f16"`` (5-bit values, float16 scales) or ``"q8+f32"``."""
+        return f"q{self.value_bits}+{'f16' if self.half_scales else 'f32'}"
+
+    def nbytes(self) -> int:
+        """Bytes the kernel reads per call (weights, scales and offsets, tile padding included)."""
+        return self.data.numel()
+
+
+def _fp16_exact(t: torch.Tensor) -> bool:
+    return bool((t.half().float() == t).all())
+
+
+def _value_range(q: torch.Tensor) -> tuple[int, int]:
+    if q.numel() == 0:
+        return 0, 0
+    lo, hi = torch.aminmax(q)
+    return int(lo), int(hi)
+
+
+def _fits(value_range: tuple[int, int], value_bits: int) -> bool:
+    lo, hi = _VALUE_RANGES[value_bits]
+    return lo <= value_range[0] and value_range[1] <= hi
+
+
+def choose_layout(weight: QuantizedWeight) -> tuple[int, bool]:
+    """``(value_bits, half_scales)``: the most compact lossless layout :func:`pack` uses for ``weight``
+    (see :class:`CpuQuantWeight`)."""
+    half = _fp16_exact(weight.scales) and (weight.offsets is None or _fp16_exact(weight.offsets))
+    if weight.bits == 4 or weight.offsets is not None:
+        return weight.bits, half
+    value_range = _value_range(weight.qweight)
+    return next((vb for vb in COMPACT_VALUE_BITS if _fits(value_range, vb)), 8), half
+
+
+def pack(
+    weight: QuantizedWeight,
+    library: _Library | None = None,
+    *,
+    value_bits: int | None = None,
+    half_scales: bool | None = None,
+) -> CpuQuantWeight:
+    """Repack ``weight`` (CPU tensors) once for :func:`linear`. Raises CpuKernelUnavailable
+    when the kernel cannot be built (check :func:`available` first).
+
+    The layout is the most compact lossless one (:func:`choose_layout`) unless ``value_bits``
+    (4 for 4-bit weights; 8, 6 or 5 for 8-bit ones) or ``half_scales`` say otherwise; a layout that
+    cannot hold the weight exactly raises ConfigError. Every layout gives the same results."""
+    lib = library or load()
+    if weight.device.type != "cpu":
+        raise ConfigError(f"cpu_quant.pack: the weight is on {weight.device}, expected the CPU")
+    n, k = weight.shape
+    q = weight.qweight.contiguous()
+    scales = weight.scales.contiguous()
+    offsets = None if weight.offsets is None else weight.offsets.contiguous()
+    has_off = offsets is not None
+    auto_bits, auto_half = choose_layout(weight) if value_bits is None or half_scales is None else (0, False)
+    vb = auto_bits if value_bits is None else value_bits
+    half = auto_half if half_scales is None else half_scales
+    if value_bits is not None and value_bits != weight.bits:
+        if weight.bits != 8 or value_bits not in (5, 6) or has_off:
+            raise ConfigError(f"cpu_quant.pack: no {value_bits}-bit layout for this {weight.bits}-bit weight")
+        if not _fits(_value_range(q), value_bits):
+            raise ConfigError(f"cpu_quant.pack: the weight has values outside {_VALUE_RANGES[value_bits]}")
+    if half_scales and not (_fp16_exact(scales) and (offsets is None or _fp16_exact(offsets))):
+        raise ConfigError("cpu_quant.pack: the scales or offsets are not all exactly float16")
+    if half:
+        scales = scales.half()
+        offsets = None if offsets is None else offsets.half()
+    size = lib.lib.qg_packed_bytes(n, k, vb, weight.group_size, int(has_off), int(half))
+    data = torch.empty(size, dtype=torch.uint8)
+    if HUGE_PAGES and size >= 4 << 20:
+        lib.lib.qg_advise_hugepages(data.data_ptr(), size)  # before the first write (the pack)
+    rc = lib.lib.qg_pack(
+        q.data_ptr(),
+        weight.bits,
+        scales.data_ptr(),
+        offsets.data_ptr() if has_off else None,
+        n,
+        k,
+        weight.group_size,
+        vb,
+        int(half),
+        data.data_ptr(),
+        torch.get_num_threads(),
+    )
+    if rc != 0:
+        raise ConfigError(f"cpu_quant.pack: the kernel rejected the weight (code {rc})")
+    return CpuQuantWeight(data, (n, k), weight.bits, weight.group_size, has_off, lib, vb, half)
+
+
+_DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1}
+
+
+def linear(x: torch.Tensor, packed: CpuQuantWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x [..., K] @ w.T + bias`` as ``[..., N]`` in ``x.dtype`` (bfloat16 and float32 natively,
+    other float dtypes through float32). ``bias``: ``[N]``, float32 or bfloat16 natively."""
+    n, k = packed.shape
+    lead = None
+    if x.dim() != 2:
+        if x.dim() == 0 or x.shape[-1] != k:
+            raise ConfigError(f"cpu_quant.linear: x of shape {tuple(x.shape)}, expected [..., {k}]")
+        lead = x.shape[:-1]
+        x = x.reshape(-1, k)
+    elif x.shape[1] != k:
+        raise ConfigError(f"cpu_quant.linear: x has {x.shape[1]} inputs, the weight {k}")
+    if not x.is_cpu:
+        raise ConfigError(f"cpu_quant.linear: x is on {x.device}, expected the CPU")
+    out_dtype = x.dtype
+    code = _DTYPE_CODE.get(out_dtype)
+    if code is None:
+        x, code = x.float(), 0
+    m = x.shape[0]
+    if x.is_contiguous():
+        ldx = k
+    else:
+        ldx = x.stride(0)
+        if x.stride(1) != 1 or (m > 1 and ldx < k):
+            x, ldx = x.contiguous(), k
+    if k == 0:  # an empty sum
+        y = torch.zeros((m, n), dtype=torch.float32) + (0.0 if bias is None else bias.float())
+        y = y.to(out_dtype)
+        return y if lead is None else y.reshape(*lead, n)
+    y = torch.empty((m, n), dtype=x.dtype)
+    bias_ptr, bias_code = None, 0
+    if bias is not None:
+        if bias.shape != (n,):
+            raise ConfigError(f"cpu_quant.linear: bias of shape {tuple(bias.shape)}, expected ({n},)")
+        bias_code = _DTYPE_CODE.get(bias.dtype)
+        if bias_code is None or bias.stride(0) != 1 or not bias.is_cpu:
+            bias, bias_code = bias.float().cpu().contiguous(), 0
+        bias_ptr = bias.data_ptr()
+    rc = packed.library.linear_fn(
+        x.data_ptr(), code, ldx, m, k,
+        packed.data_ptr, n, packed.value_bits, packed.group_size, packed.has_offsets, packed.half_scales,
+        bias_ptr, bias_code, y.data_ptr(), code, n, torch.get_num_threads(),
+    )  # fmt: skip
+    if rc != 0:
+        raise CpuKernelUnavailable(f"cpu_quant.linear: the kernel failed (code {rc})")
+    if y.dtype != out_dtype:
+        y = y.to(out_dtype)
+    return y if lead is None else y.reshape(*lead, n)
+
+
+# ---- the torch backend's quantized ops (tritonlm.kernels.get_ops("torch")) -----------------------
+def pack_quant_weight(weight: QuantizedWeight) -> CpuQuantWeight | QuantizedWeight:
+    """The layout the torch backend multiplies by: this kernel's, when it builds on this machine
+    and the weight is on the CPU; else the weight itself (then :func:`quant_linear` runs the
+    torch reference)."""
+    if weight.device.type == "cpu" and available():
+        return pack(weight)
+    return weight
+
+
+def quant_linear(
+    x: torch.Tensor, weight: CpuQuantWeight | QuantizedWeight, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x [M, K] @ w.T + bias`` for a weight from :func:`pack_quant_weight`: the C++ kernel for
+    every row count (it beats dense bf16 from one row to prefill sizes, benches/RESULTS.md), the
+    torch reference for an unpacked weight."""
+    if isinstance(weight, CpuQuantWeight):
+        return linear(x, weight, bias)
+    from tritonlm.kernels.reference import quant_linear as reference_quant_linear
+
+    return reference_quant_linear(x, weight, bias)
+
+
+__all__ = [
+    "CpuKernelUnavailable",
+    "CpuQuantWeight",
+    "available",
+    "build",
+    "choose_layout",
+    "library_path",
+    "linear",
+    "load",
+    "pack",
+    "pack_quant_weight",
+    "quant_linear",
+]

@@ -1,0 +1,1028 @@
+// Weight-only quantized linear for the CPU: y[M, N] = x[M, K] @ w[N, K]^T (+ bias).
+//
+// Plain C ABI (loaded with ctypes by tritonlm/kernels/cpu_quant.py), no torch headers.
+//
+// Weights (tritonlm/kernels/qweight.py): w[n, k] = q[n, k] * s[n, k / G] + o[n, k / G], q int8
+// (bits 8) or 0..15 (bits 4), s and o float32. The activations are quantized here, per row and per
+// block of BS = min(G, 32) inputs, to int8 in -127..127 with a float32 scale a_s = amax / 127
+// (q_a = round-half-even(x * (127 / amax))), so that for every block b of a row
+//
+//     sum_k x[k] w[n, k] ~= a_s[b] * (s[n, b] * sum_k q_a[k] q[n, k] + o[n, b] * sum_k q_a[k])
+//
+// with exact integer dot products (VNNI vpdpbusd where the compiler targets it), then a float32
+// scale-and-sum over the blocks in a fixed order (b = 0, 1, ...) with the same instruction
+// sequence for every row: a row's result does not depend on M or on the other rows.
+//
+// Packed layout (qg_pack), private to this library: rows are grouped in tiles of TW rows (padded
+// with zero rows); each tile stores its K / BS blocks one after the other, each block being
+//   weights  TW * BS * VB / 8 bytes, VB = the stored value width (below)
+//   scales   TW float32, or TW float16 when every scale of the matrix is exactly a float16 (the
+//            group scale of each row, repeated when G > BS)
+//   offsets  TW float32 / float16 as the scales (only when the weight has offsets)
+// Value widths VB: 8 (int8), 4 (bits-4 weights, 0..15), and the compact forms of int8 weights
+// whose values all fit fewer bits, losslessly, and that have no offsets: 5 (-16..15, the GGUF Q5_0
+// range) and 6 (-32..31, Q6_K), stored as u = q + 16 / q + 32 (0..31 / 0..63).
+// Weights of a block are "dword interleaved": 32-bit word d of lane j holds inputs 4d .. 4d+3 of
+// row j, so one broadcast 4-byte activation word feeds all TW rows at once; byte i = 4j + e of
+// word d's vector is row j, input 4d + e. VB 8: word d at byte offset d * TW * 4 (stored as
+// q + 128 = unsigned on the AVX-512 VNNI path, as vpdpbusd multiplies unsigned by signed bytes;
+// the -128 * sum(q_a) correction starts the accumulator). VB 4 (and VB 5 with BS 16): word r of
+// lane j (r < BS / 8) holds inputs 4r .. 4r+3 in its low nibbles and inputs BS/2 + 4r ..
+// BS/2 + 4r + 3 in its high nibbles (u's low 4 bits for VB 5); VB 5 then stores bit 4 of u in a
+// plane of TW * BS / 8 bytes: bit d of plane byte i, bit d + 4 of plane byte i - TW * 2 when
+// i >= TW * 2, is bit 4 of u at byte i of word d's vector. The other compact layouts store a few
+// words' bytes in the low bits of whole vectors (TW * 4 bytes each) and the rest of the words in
+// their top bits. VB 5 with BS 32: 5 vectors, the 8 words' u at byte i being the low 5 bits of
+// byte i of vectors 0-4 (words 0-4) and the 15-bit number made of bits 5-7 of those bytes
+// (vector m's at bits 3m .. 3m+2): words 5, 6, 7 at its bits 0-4, 5-9, 10-14. VB 6: per 4 words
+// 4c .. 4c+3, 3 vectors (at 3c * TW * 4): the low 6 bits of their byte i hold words 4c .. 4c+2,
+// their top 2 bits word 4c+3 (bits 0-1, 2-3, 4-5). Unpacking takes 1 vector operation for a word
+// in low bits, 4 to 6 for one in top bits: 2.4 a word for VB 5 (BS 32), 2.25 for VB 6.
+// The kernel rebuilds u and starts the accumulator at -16 (-32) * sum(q_a): the integer dot
+// products, hence the results, are the same bits as from the int8 layout of the same values.
+
+// ISA: chosen at compile time from the -march macros: AVX-512 VNNI (TW 16), AVX2 + FMA + F16C
+// (TW 8, vpmaddubsw), or portable scalar code (TW 8). All three give the same bits.
+//
+// Schedule (qg_linear): the rows are quantized first (by the calling thread when few, else by all
+// threads); then the threads take work items, (a few tiles, a chunk of rows) sized so that both
+// stay in L2, dynamically (a thread slowed by other load on the machine holds back only its current
+// item). Within an item each tile is swept once per MRMAX rows by a micro-kernel that keeps every
+// loaded weight vector for MRMAX rows (MR x TW accumulators), and (from 2 rows on) prefetches into
+// L2 the bytes PREFETCH_BYTES ahead as it goes. 5-bit tiles swept by many rows are expanded once
+// into the VB-8 layout and swept from there (EXPAND_MIN_ROWS). The result rows never
+// depend on the partition: one row's floats are computed by the same instructions in the same
+// order whatever M, MR, the layout or the thread.
+
+#include <omp.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+#define QG_AVX512 1
+#include <immintrin.h>
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define QG_AVX2 1
+#include <immintrin.h>
+#endif
+
+namespace {
+
+#if defined(QG_AVX512)
+constexpr int TW = 16;
+constexpr int MRMAX = 8;
+constexpr bool UNSIGNED_Q8 = true;
+constexpr const char* ISA = "avx512_vnni";
+#elif defined(QG_AVX2)
+constexpr int TW = 8;
+constexpr int MRMAX = 4;
+constexpr bool UNSIGNED_Q8 = false;
+constexpr const char* ISA = "avx2";
+#else
+constexpr int TW = 8;
+constexpr int MRMAX = 4;
+constexpr bool UNSIGNED_Q8 = false;
+constexpr const char* ISA = "scalar";
+#endif
+
+constexpr int ABI_VERSION = 3;
+// Software prefetch distance (M >= 2): measured best among 1-64 KiB at 2 to 64 rows on Zen 4 (the
+// hardware prefetchers alone overlap memory and compute poorly once a block carries a few rows
+// of work; a whole tile ahead is too far for the down projection's 87 KiB tiles). One row streams
+// best on the hardware prefetchers alone.
+constexpr int64_t PREFETCH_BYTES = 8 << 10;
+// 5-bit tiles swept by at least this many rows of a work item are first expanded into the VB-8
+// layout in a per-thread buffer, then swept from there: unpacking inline costs ~4% of a sweep's
+// compute; expanded once per tile and thread (the buffer keeps the thread's last block of tiles,
+// for its next row chunk), from ~10 sweeps on less (measured on Zen 4). 6-bit tiles unpack inline
+// at ~1% and are never expanded.
+constexpr int64_t EXPAND_MIN_ROWS = 10 * MRMAX + 1;
+
+inline int block_size(int group) { return group < 32 ? group : 32; }
+
+// bytes of one block's values, of one block's scales (or offsets), of one block
+inline int64_t weight_bytes(int vbits, int bs) { return (int64_t)TW * bs * vbits / 8; }
+
+inline int64_t scale_bytes(int half) { return (int64_t)TW * (half ? 2 : 4); }
+
+inline int64_t block_stride(int vbits, int bs, int has_off, int half) {
+    return weight_bytes(vbits, bs) + scale_bytes(half) * (has_off ? 2 : 1);
+}
+
+// float16 bits -> float32, exactly (subnormals, infinities and NaN included)
+inline float f16_to_f32(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
+    if (exp == 0) {
+        const float f = std::ldexp((float)man, -24);
+        return sign ? -f : f;
+    }
+    const uint32_t u = sign | (exp == 31 ? 0x7f800000u | (man << 13) : ((exp + 112) << 23) | (man << 13));
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+// ---- activations ---------------------------------------------------------------------------------
+
+// One row's quantized activations: int8 values [K], and per block the scale, the integer sum of
+// the values times -z (starts the accumulators of weights stored as q + z, unsigned), and the scale
+// times that sum.
+struct Act {
+    const int8_t* q;   // [M, K]
+    const float* s;    // [M, nb]
+    const int32_t* c;  // [M, nb]: cmul * sum(q) (read for VB 8 on the VNNI path, VB 5 and 6 on the SIMD paths)
+    const float* so;   // [M, nb]: s * sum(q) (only read for weights with offsets)
+    int64_t K, nb;
+    int32_t cmul;      // -z: -128 (VB 8, as stored on the VNNI path), -16 (VB 5), -32 (VB 6)
+};
+
+inline float bf16_to_f32(uint16_t v) {
+    uint32_t u = (uint32_t)v << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+inline uint16_t f32_to_bf16(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);  // quiet NaN
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+// A NaN input makes the block's scale NaN (so the row's outputs are NaN, as with float math); an
+// infinite one makes it infinite. Non-finite products are quantized to -127 on every path.
+inline void quant_block_values(const float* v, int bs, int8_t* q, float* scale, int32_t* sum) {
+    float amax = 0.0f;
+    bool nan = false;
+    for (int i = 0; i < bs; i++) {
+        amax = std::fmax(amax, std::fabs(v[i]));
+        nan |= std::isnan(v[i]);
+    }
+    if (nan) amax = NAN;
+    const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    int32_t total = 0;
+    for (int i = 0; i < bs; i++) {
+        float r = v[i] * inv;
+        r = r >= -127.0f ? (r <= 127.0f ? r : 127.0f) : -127.0f;  // NaN -> -127
+        const int32_t qi = (int32_t)std::nearbyint(r);
+        q[i] = (int8_t)qi;
+        total += qi;
+    }
+    *scale = amax / 127.0f;
+    *sum = total;
+}
+
+#if defined(QG_AVX512)
+// 16 values at x (float32 or bfloat16) as a float32 vector
+template <bool BF16>
+inline __m512 load16(const void* x) {
+    if (BF16) {
+        __m256i h = _mm256_loadu_si256((const __m256i*)x);
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    return _mm512_loadu_ps((const float*)x);
+}
+
+template <bool BF16>
+void quant_row(const void* xrow, int64_t K, int bs, int32_t cmul, int8_t* q, float* s, int32_t* c, float* so) {
+    const int64_t nb = K / bs;
+    const int esz = BF16 ? 2 : 4;
+    const __m512 absmask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    for (int64_t b = 0; b < nb; b++) {
+        const char* p = (const char*)xrow + b * bs * esz;
+        __m512 v0 = load16<BF16>(p);
+        __m512 v1 = bs == 32 ? load16<BF16>(p + 16 * esz) : _mm512_setzero_ps();
+        float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_and_ps(v0, absmask), _mm512_and_ps(v1, absmask)));
+        if (_mm512_cmp_ps_mask(v0, v0, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(v1, v1, _CMP_UNORD_Q)) amax = NAN;
+        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        const __m512 vinv = _mm512_set1_ps(inv);
+        __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, vinv));  // round half to even (MXCSR default)
+        __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, vinv));
+        const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+        q0 = _mm512_min_epi32(_mm512_max_epi32(q0, lo), hi);
+        q1 = _mm512_min_epi32(_mm512_max_epi32(q1, lo), hi);
+        _mm_storeu_si128((__m128i*)(q + b * bs), _mm512_cvtepi32_epi8(q0));
+        if (bs == 32) _mm_storeu_si128((__m128i*)(q + b * bs + 16), _mm512_cvtepi32_epi8(q1));
+        const int32_t total = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        const float scale = amax / 127.0f;
+        s[b] = scale;
+        c[b] = cmul * total;
+        so[b] = scale * (float)total;
+    }
+}
+#else
+template <bool BF16>
+void quant_row(const void* xrow, int64_t K, int bs, int32_t cmul, int8_t* q, float* s, int32_t* c, float* so) {
+    const int64_t nb = K / bs;
+    float tmp[32];
+    for (int64_t b = 0; b < nb; b++) {
+        for (int i = 0; i < bs; i++) {
+            tmp[i] = BF16 ? bf16_to_f32(((const uint16_t*)xrow)[b * bs + i]) : ((const float*)xrow)[b * bs + i];
+        }
+        int32_t total;
+        quant_block_values(tmp, bs, q + b * bs, &s[b], &total);
+        c[b] = cmul * total;
+        so[b] = s[b] * (float)total;
+    }
+}
+#endif
+
+// ---- output ----------------------------------------------------------------------------------
+
+struct Out {
+    void* y;          // [M, ldy] float32 or bfloat16
+    int64_t ldy;      // row stride, elements
+    int bf16;         // output dtype
+    const void* bias;  // [N] float32 or bfloat16, or null
+    int bias_bf16;
+    int64_t N;
+};
+
+inline float bias_at(const Out& o, int64_t n) {
+    return o.bias_bf16 ? bf16_to_f32(((const uint16_t*)o.bias)[n]) : ((const float*)o.bias)[n];
+}
+
+// ---- micro-kernels: MR rows x one tile of TW output columns, the whole K -----------------------
+
+#if defined(QG_AVX512)
+
+// Bit d < 4 of each byte moved to bit 4 (the other bits: whatever, masked by the caller; the
+// 16-bit shift carries bits into the next byte only below bit 4)
+inline __m512i bit_to_4(__m512i v, int d) {
+    switch (d) {
+        case 0: return _mm512_slli_epi16(v, 4);
+        case 1: return _mm512_slli_epi16(v, 3);
+        case 2: return _mm512_slli_epi16(v, 2);
+        default: return _mm512_slli_epi16(v, 1);
+    }
+}
+
+// The block's values at p as the VNNI kernel multiplies them, one vector per activation word:
+// q + 128 (VB 8), 0..15 (VB 4), u = q + 16 / q + 32 (VB 5 / 6)
+template <int VB, int BS>
+inline void load_block(const uint8_t* p, __m512i* w) {
+    constexpr int ND = BS / 4;
+    constexpr int HB = VB == 5 ? 1 : 0;  // a plane of bit 4
+    if (VB == 8) {
+        #pragma GCC unroll 16
+        for (int d = 0; d < ND; d++) w[d] = _mm512_loadu_si512((const void*)(p + 64 * d));
+        return;
+    }
+    if (VB == 6) {
+        // per 4 words, 3 vectors x, y, z: words 4c .. 4c+2 in their low 6 bits, word 4c+3 in their
+        // top 2 bits (bits 0-1 in x, 2-3 in y, 4-5 in z)
+        const __m512i low6 = _mm512_set1_epi8(0x3f), low2 = _mm512_set1_epi8(0x03);
+        const __m512i low4 = _mm512_set1_epi8(0x0f);
+        #pragma GCC unroll 4
+        for (int c = 0; c < ND / 4; c++) {
+            const __m512i x = _mm512_loadu_si512((const void*)(p + 192 * c));
+            const __m512i y = _mm512_loadu_si512((const void*)(p + 192 * c + 64));
+            const __m512i z = _mm512_loadu_si512((const void*)(p + 192 * c + 128));
+            w[4 * c] = _mm512_and_si512(x, low6);
+            w[4 * c + 1] = _mm512_and_si512(y, low6);
+            w[4 * c + 2] = _mm512_and_si512(z, low6);
+            // (a & m) | (b & ~m): 0xe4. The 16-bit shifts' spill-over from the next byte lands in
+            // bits the selection drops (or the final & 0x3f clears)
+            const __m512i t = _mm512_ternarylogic_epi32(_mm512_srli_epi16(x, 6), _mm512_srli_epi16(y, 4), low2, 0xe4);
+            const __m512i h = _mm512_ternarylogic_epi32(t, _mm512_srli_epi16(z, 2), low4, 0xe4);
+            w[4 * c + 3] = _mm512_and_si512(h, low6);
+        }
+        return;
+    }
+    if (VB == 5 && BS == 32) {
+        // 5 vectors: words 0-4 in their low 5 bits, words 5-7 in their top 3 bits (a 15-bit
+        // stream: bits 5-7 of vector m are its bits 3m .. 3m+2)
+        const __m512i low5 = _mm512_set1_epi8(0x1f);
+        __m512i v[5];
+        #pragma GCC unroll 5
+        for (int m = 0; m < 5; m++) {
+            v[m] = _mm512_loadu_si512((const void*)(p + 64 * m));
+            w[m] = _mm512_and_si512(v[m], low5);
+        }
+        // (a & m) | (b & ~m): 0xe4; what the 16-bit shifts bring over from the next byte lands in
+        // bits the selection drops or the final & 0x1f clears
+        const __m512i t5 = _mm512_ternarylogic_epi32(_mm512_srli_epi16(v[0], 5), _mm512_srli_epi16(v[1], 2),
+                                                     _mm512_set1_epi8(0x07), 0xe4);
+        w[5] = _mm512_and_si512(t5, low5);
+        const __m512i t6 = _mm512_ternarylogic_epi32(_mm512_srli_epi16(v[1], 7), _mm512_srli_epi16(v[2], 4),
+                                                     _mm512_set1_epi8(0x01), 0xe4);
+        w[6] = _mm512_and_si512(
+            _mm512_ternarylogic_epi32(t6, _mm512_srli_epi16(v[3], 1), _mm512_set1_epi8(0x0f), 0xe4), low5);
+        const __m512i t7 = _mm512_ternarylogic_epi32(_mm512_srli_epi16(v[3], 6), _mm512_srli_epi16(v[4], 3),
+                                                     _mm512_set1_epi8(0x03), 0xe4);
+        w[7] = _mm512_and_si512(t7, low5);
+        return;
+    }
+    const __m512i nib = _mm512_set1_epi8(0x0f);
+    #pragma GCC unroll 16
+    for (int r = 0; r < ND / 2; r++) {
+        __m512i v = _mm512_loadu_si512((const void*)(p + 64 * r));
+        w[r] = _mm512_and_si512(v, nib);
+        w[ND / 2 + r] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);
+    }
+    const uint8_t* hp = p + TW * BS / 2;
+    if (HB == 1) {  // BS 16
+        // bit 4: bit d of each byte of the plane vector for word d, shifted to bit 4 (u | (b & 0x10))
+        // 32 bytes: the low nibbles for the vector's lower half, the high ones for its upper half
+        const __m512i counts = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
+        const __m512i v = _mm512_srlv_epi16(_mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)hp)), counts);
+        const __m512i bit4 = _mm512_set1_epi8(0x10);
+        #pragma GCC unroll 16
+        for (int d = 0; d < ND; d++) w[d] = _mm512_ternarylogic_epi32(w[d], bit_to_4(v, d), bit4, 0xf8);
+    }
+}
+
+// A compact tile (VB 5 / 6, no offsets) rewritten in the VB-8 layout with float32 scales, the
+// values kept as u (the accumulators start at -16 / -32 * sum(q_a) either way)
+template <int VB, int BS>
+void expand_tile(const uint8_t* tile, uint8_t* out, int64_t nb, bool half) {
+    constexpr int ND = BS / 4;
+    constexpr int64_t WB = TW * BS * VB / 8;
+    const int64_t stride = WB + TW * (half ? 2 : 4);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t* p = tile + b * stride;
+        uint8_t* q = out + b * (TW * BS + TW * 4);
+        __m512i w[ND];
+        load_block<VB, BS>(p, w);
+        #pragma GCC unroll 16
+        for (int d = 0; d < ND; d++) _mm512_storeu_si512((void*)(q + 64 * d), w[d]);
+        const __m512 sw = half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(p + WB)))
+                               : _mm512_loadu_ps((const float*)(p + WB));
+        _mm512_storeu_ps((float*)(q + TW * BS), sw);
+    }
+}
+
+// VB: stored value width (8, 4, 5, 6); half: float16 scales and offsets (a branch per block:
+// one template for both keeps the build time down)
+template <int MR, int VB, bool OFF, int BS>
+void tile_kernel(const uint8_t* tile, const uint8_t* pf, const Act& a, int64_t m0, int64_t n0, const Out& o,
+                 bool half) {
+    constexpr int ND = BS / 4;  // 4-byte activation words per block
+    constexpr int64_t WB = TW * BS * VB / 8;
+    const int64_t SB = TW * (half ? 2 : 4);
+    const int64_t STRIDE = WB + SB * (OFF ? 2 : 1);
+    const int64_t nb = a.nb;
+    __m512 acc[MR];
+    #pragma GCC unroll 16
+    for (int m = 0; m < MR; m++) acc[m] = _mm512_setzero_ps();
+    const int8_t* qa = a.q + m0 * a.K;
+    const float* sa = a.s + m0 * nb;
+    const int32_t* ca = a.c + m0 * nb;
+    const float* soa = a.so + m0 * nb;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t* p = tile + b * STRIDE;
+        if (pf) {
+            // into L2, PREFETCH_BYTES ahead of this block (pf = tile + PREFETCH_BYTES)
+            #pragma GCC unroll 16
+            for (int64_t l = 0; l < STRIDE; l += 64) _mm_prefetch((const char*)(pf + b * STRIDE + l), _MM_HINT_T1);
+        }
+        __m512i w[ND];
+        load_block<VB, BS>(p, w);
+        __m512 sw, ow = _mm512_setzero_ps();
+        if (half) {
+            sw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(p + WB)));
+            if (OFF) ow = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(p + WB + SB)));
+        } else {
+            sw = _mm512_loadu_ps((const float*)(p + WB));
+            if (OFF) ow = _mm512_loadu_ps((const float*)(p + WB + SB));
+        }
+        #pragma GCC unroll 16
+        for (int m = 0; m < MR; m++) {
+            const int32_t* x4 = (const int32_t*)(qa + m * a.K + b * BS);
+            // c = -(stored value - q) * sum(q_a): the stored values' offset taken back out
+            __m512i i0 = VB == 4 ? _mm512_setzero_si512() : _mm512_set1_epi32(ca[m * nb + b]);
+            __m512i i1 = _mm512_setzero_si512();
+            #pragma GCC unroll 16
+            for (int d = 0; d < ND; d += 2) {
+                i0 = _mm512_dpbusd_epi32(i0, w[d], _mm512_set1_epi32(x4[d]));
+                i1 = _mm512_dpbusd_epi32(i1, w[d + 1], _mm512_set1_epi32(x4[d + 1]));
+            }
+            const __m512 f = _mm512_cvtepi32_ps(_mm512_add_epi32(i0, i1));
+            acc[m] = _mm512_fmadd_ps(f, _mm512_mul_ps(sw, _mm512_set1_ps(sa[m * nb + b])), acc[m]);
+            if (OFF) acc[m] = _mm512_fmadd_ps(ow, _mm512_set1_ps(soa[m * nb + b]), acc[m]);
+        }
+    }
+    const int64_t valid = o.N - n0 < TW ? o.N - n0 : TW;
+    const __mmask16 mask = (__mmask16)((1u << valid) - 1u);
+    __m512 bias = _mm512_setzero_ps();
+    if (o.bias && o.bias_bf16) {
+        __m256i h = _mm256_maskz_loadu_epi16(mask, (const uint16_t*)o.bias + n0);
+        bias = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    } else if (o.bias) {
+        bias = _mm512_maskz_loadu_ps(mask, (const float*)o.bias + n0);
+    }
+    #pragma GCC unroll 16
+    for (int m = 0; m < MR; m++) {
+        __m512 v = acc[m];
+        if (o.bias) v = _mm512_add_ps(v, bias);
+        if (o.bf16) {
+            // round to nearest even on the bits; NaN -> quiet NaN
+            __m512i u = _mm512_castps_si512(v);
+            __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
+                                                             _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+            __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+            r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x400000)));
+            __m256i h = _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
+            _mm256_mask_storeu_epi16((uint16_t*)o.y + (m0 + m) * o.ldy + n0, mask, h);
+        } else {
+            _mm512_mask_storeu_ps((float*)o.y + (m0 + m) * o.ldy + n0, mask, v);
+        }
+    }
+}
+
+#elif defined(QG_AVX2)
+
+// Bit d < 4 of each byte moved to bit 4 (the other bits: whatever, masked by the caller; the
+// 16-bit shift carries bits into the next byte only below bit 4)
+inline __m256i bit_to_4(__m256i v, int d) {
+    switch (d) {
+        case 0: return _mm256_slli_epi16(v, 4);
+        case 1: return _mm256_slli_epi16(v, 3);
+        case 2: return _mm256_slli_epi16(v, 2);
+        default: return _mm256_slli_epi16(v, 1);
+    }
+}
+
+// A compact block's values (VB 5 / 6) at p as u = q + 16 / q + 32, one vector per activation word
+template <int VB, int BS>
+inline void load_compact(const uint8_t* p, __m256i* u) {
+    constexpr int ND = BS / 4;
+    if (VB == 6) {
+        // per 4 words, 3 vectors x, y, z: words 4c .. 4c+2 in their low 6 bits, word 4c+3 in their
+        // top 2 bits (bits 0-1 in x, 2-3 in y, 4-5 in z)
+        const __m256i low6 = _mm256_set1_epi8(0x3f);
+        #pragma GCC unroll 4
+        for (int c = 0; c < ND / 4; c++) {
+            const __m256i x = _mm256_loadu_si256((const __m256i*)(p + 96 * c));
+            const __m256i y = _mm256_loadu_si256((const __m256i*)(p + 96 * c + 32));
+            const __m256i z = _mm256_loadu_si256((const __m256i*)(p + 96 * c + 64));
+            u[4 * c] = _mm256_and_si256(x, low6);
+            u[4 * c + 1] = _mm256_and_si256(y, low6);
+            u[4 * c + 2] = _mm256_and_si256(z, low6);
+            const __m256i h01 = _mm256_and_si256(_mm256_srli_epi16(x, 6), _mm256_set1_epi8(0x03));
+            const __m256i h23 = _mm256_and_si256(_mm256_srli_epi16(y, 4), _mm256_set1_epi8(0x0c));
+            const __m256i h45 = _mm256_and_si256(_mm256_srli_epi16(z, 2), _mm256_set1_epi8(0x30));
+            u[4 * c + 3] = _mm256_or_si256(_mm256_or_si256(h01, h23), h45);
+        }
+        return;
+    }
+    if (BS == 32) {
+        // 5 vectors: words 0-4 in their low 5 bits, words 5-7 in their top 3 bits (a 15-bit stream)
+        const __m256i low5 = _mm256_set1_epi8(0x1f);
+        __m256i v[5];
+        #pragma GCC unroll 5
+        for (int m = 0; m < 5; m++) {
+            v[m] = _mm256_loadu_si256((const __m256i*)(p + 32 * m));
+            u[m] = _mm256_and_si256(v[m], low5);
+        }
+        auto bits = [](__m256i a, int mask) { return _mm256_and_si256(a, _mm256_set1_epi8((char)mask)); };
+        u[5] = _mm256_or_si256(bits(_mm256_srli_epi16(v[0], 5), 0x07), bits(_mm256_srli_epi16(v[1], 2), 0x18));
+        u[6] = _mm256_or_si256(bits(_mm256_srli_epi16(v[1], 7), 0x01), bits(_mm256_srli_epi16(v[2], 4), 0x0e));
+        u[6] = _mm256_or_si256(u[6], bits(_mm256_srli_epi16(v[3], 1), 0x10));
+        u[7] = _mm256_or_si256(bits(_mm256_srli_epi16(v[3], 6), 0x03), bits(_mm256_srli_epi16(v[4], 3), 0x1c));
+        return;
+    }
+    const __m256i nib = _mm256_set1_epi8(0x0f);
+    #pragma GCC unroll 16
+    for (int r = 0; r < ND / 2; r++) {
+        __m256i v = _mm256_loadu_si256((const __m256i*)(p + 32 * r));
+        u[r] = _mm256_and_si256(v, nib);
+        u[ND / 2 + r] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+    }
+    const uint8_t* hp = p + TW * BS / 2;
+    {
+        // BS 16: 16 bytes, the low nibbles for the vector's lower half, the high ones for its upper half
+        const __m256i counts = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+        const __m256i v = _mm256_srlv_epi32(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)hp)), counts);
+        const __m256i bit4 = _mm256_set1_epi8(0x10);
+        #pragma GCC unroll 16
+        for (int d = 0; d < ND; d++) u[d] = _mm256_or_si256(u[d], _mm256_and_si256(bit_to_4(v, d), bit4));
+    }
+}
+
+// A compact tile (VB 5 / 6, no offsets) rewritten in the VB-8 layout (signed int8 on this path)
+// with float32 scales
+template <int VB, int BS>
+void expand_tile(const uint8_t* tile, uint8_t* out, int64_t nb, bool half) {
+    constexpr int ND = BS / 4;
+    constexpr int64_t WB = TW * BS * VB / 8;
+    const int64_t stride = WB + TW * (half ? 2 : 4);
+    const __m256i bias = _mm256_set1_epi8((char)(VB == 5 ? 16 : 32));
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t* p = tile + b * stride;
+        uint8_t* q = out + b * (TW * BS + TW * 4);
+        __m256i u[ND];
+        load_compact<VB, BS>(p, u);
+        #pragma GCC unroll 16
+        for (int d = 0; d < ND; d++) _mm256_storeu_si256((__m256i*)(q + 32 * d), _mm256_sub_epi8(u[d], bias));
+        const __m256 sw = half ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + WB)))
+                               : _mm256_loadu_ps((const float*)(p + WB));
+        _mm256_storeu_ps((float*)(q + TW * BS), sw);
+    }
+}
+
+template <int MR, int VB, bool OFF, int BS>
+void tile_kernel(const uint8_t* tile, const uint8_t* pf, const Act& a, int64_t m0, int64_t n0, const Out& o,
+                 bool half) {
+    constexpr int ND = BS / 4;
+    constexpr int HB = VB == 5 ? 1 : VB == 6 ? 2 : 0;
+    constexpr int64_t WB = TW * BS * VB / 8;
+    const int64_t SB = TW * (half ? 2 : 4);
+    const int64_t STRIDE = WB + SB * (OFF ? 2 : 1);
+    const int64_t nb = a.nb;
+    __m256 acc[MR];
+    #pragma GCC unroll 16
+    for (int m = 0; m < MR; m++) acc[m] = _mm256_setzero_ps();
+    const int8_t* qa = a.q + m0 * a.K;
+    const float* sa = a.s + m0 * nb;
+    const int32_t* ca = a.c + m0 * nb;
+    const float* soa = a.so + m0 * nb;
+    const __m256i ones16 = _mm256_set1_epi16(1);
+    const __m256i nib = _mm256_set1_epi8(0x0f);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t* p = tile + b * STRIDE;
+        if (pf) {
+            // into L2, PREFETCH_BYTES ahead of this block (pf = tile + PREFETCH_BYTES)
+            #pragma GCC unroll 16
+            for (int64_t l = 0; l < STRIDE; l += 64) _mm_prefetch((const char*)(pf + b * STRIDE + l), _MM_HINT_T1);
+        }
+        __m256i isum[MR];
+        if (HB) {
+            // u = q + 16 (32) in 0..31 (63), unsigned; pairs <= 2 * 63 * 127 fit int16
+            __m256i u[ND];
+            load_compact<HB ? VB : 5, BS>(p, u);
+            #pragma GCC unroll 16
+            for (int m = 0; m < MR; m++) isum[m] = _mm256_set1_epi32(ca[m * nb + b]);  // -16 (32) sum(q_a)
+            #pragma GCC unroll 16
+            for (int d = 0; d < ND; d++) {
+                #pragma GCC unroll 16
+                for (int m = 0; m < MR; m++) {
+                    const int32_t* x4 = (const int32_t*)(qa + m * a.K + b * BS);
+                    __m256i pr = _mm256_maddubs_epi16(u[d], _mm256_set1_epi32(x4[d]));
+                    isum[m] = _mm256_add_epi32(isum[m], _mm256_madd_epi16(pr, ones16));
+                }
+            }
+        } else if (VB == 4) {
+            // products of 0..15 by -127..127, pairs summed: |.| <= 3810, 8 of them fit in int16
+            __m256i s16[MR];
+            #pragma GCC unroll 16
+            for (int m = 0; m < MR; m++) s16[m] = _mm256_setzero_si256();
+            #pragma GCC unroll 16
+            for (int r = 0; r < ND / 2; r++) {
+                __m256i v = _mm256_loadu_si256((const __m256i*)(p + 32 * r));
+                __m256i wl = _mm256_and_si256(v, nib);
+                __m256i wh = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);
+                #pragma GCC unroll 16
+                for (int m = 0; m < MR; m++) {
+                    const int32_t* x4 = (const int32_t*)(qa + m * a.K + b * BS);
+                    s16[m] = _mm256_add_epi16(s16[m], _mm256_maddubs_epi16(wl, _mm256_set1_epi32(x4[r])));
+                    s16[m] = _mm256_add_epi16(s16[m], _mm256_maddubs_epi16(wh, _mm256_set1_epi32(x4[ND / 2 + r])));
+                }
+            }
+            #pragma GCC unroll 16
+            for (int m = 0; m < MR; m++) isum[m] = _mm256_madd_epi16(s16[m], ones16);
+        } else {
+            // signed weights: |w| (unsigned) times x with w's sign; pairs <= 128 * 127 * 2 fit int16
+            #pragma GCC unroll 16
+            for (int m = 0; m < MR; m++) isum[m] = _mm256_setzero_si256();
+            #pragma GCC unroll 16
+            for (int d = 0; d < ND; d++) {
+                __m256i w = _mm256_loadu_si256((const __m256i*)(p + 32 * d));
+                __m256i aw = _mm256_abs_epi8(w);
+                #pragma GCC unroll 16
+                for (int m = 0; m < MR; m++) {
+                    const int32_t* x4 = (const int32_t*)(qa + m * a.K + b * BS);
+                    __m256i xs = _mm256_sign_epi8(_mm256_set1_epi32(x4[d]), w);
+                    isum[m] = _mm256_add_epi32(isum[m], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, xs), ones16));
+                }
+            }
+        }
+        __m256 sw, ow = _mm256_setzero_ps();
+        if (half) {
+            sw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + WB)));
+            if (OFF) ow = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + WB + SB)));
+        } else {
+            sw = _mm256_loadu_ps((const float*)(p + WB));
+            if (OFF) ow = _mm256_loadu_ps((const float*)(p + WB + SB));
+        }
+        #pragma GCC unroll 16
+        for (int m = 0; m < MR; m++) {
+            const __m256 f = _mm256_cvtepi32_ps(isum[m]);
+            acc[m] = _mm256_fmadd_ps(f, _mm256_mul_ps(sw, _mm256_set1_ps(sa[m * nb + b])), acc[m]);
+            if (OFF) acc[m] = _mm256_fmadd_ps(ow, _mm256_set1_ps(soa[m * nb + b]), acc[m]);
+        }
+    }
+    const int64_t valid = o.N - n0 < TW ? o.N - n0 : TW;
+    #pragma GCC unroll 16
+    for (int m = 0; m < MR; m++) {
+        alignas(32) float v[TW];
+        _mm256_store_ps(v, acc[m]);
+        for (int64_t j = 0; j < valid; j++) {
+            float r = o.bias ? v[j] + bias_at(o, n0 + j) : v[j];
+            if (o.bf16) ((uint16_t*)o.y)[(m0 + m) * o.ldy + n0 + j] = f32_to_bf16(r);
+            else ((float*)o.y)[(m0 + m) * o.ldy + n0 + j] = r;
+        }
+    }
+}
+
+#else
+
+// The value of row j, input k of the block at p (signed q; 0..15 for VB 4)
+template <int VB, int BS>
+inline int32_t value_at(const uint8_t* p, int j, int k) {
+    constexpr int HB = VB == 5 ? 1 : 0;  // (BS 16) a plane of bit 4
+    if (VB == 8) return (int8_t)p[(k / 4) * TW * 4 + j * 4 + k % 4];
+    if (VB == 6) {
+        const int d = k / 4, c = d / 4, e = d % 4, i = j * 4 + k % 4;
+        const uint8_t* x = p + 3 * c * TW * 4 + i;  // x, y, z at x[0], x[TW * 4], x[2 * TW * 4]
+        const int32_t u = e < 3 ? x[e * TW * 4] & 0x3f
+                                : (x[0] >> 6) | ((x[TW * 4] >> 6) << 2) | ((x[2 * TW * 4] >> 6) << 4);
+        return u - 32;
+    }
+    if (VB == 5 && BS == 32) {
+        const int d = k / 4, i = j * 4 + k % 4;
+        if (d < 5) return (p[d * TW * 4 + i] & 0x1f) - 16;
+        int32_t stream = 0;  // bits 5-7 of the 5 vectors' byte i
+        for (int m = 0; m < 5; m++) stream |= (p[m * TW * 4 + i] >> 5) << (3 * m);
+        return ((stream >> (5 * (d - 5))) & 0x1f) - 16;
+    }
+    const int kk = k < BS / 2 ? k : k - BS / 2;
+    const uint8_t byte = p[(kk / 4) * TW * 4 + j * 4 + kk % 4];
+    int32_t u = k < BS / 2 ? (byte & 0x0f) : (byte >> 4);
+    const uint8_t* hp = p + TW * BS / 2;
+    const int d = k / 4, i = j * 4 + k % 4;  // word, byte of its vector
+    constexpr int PB = TW * BS / 8;
+    if (HB == 1) u |= ((hp[i % PB] >> (d + (BS / 4) * (i / PB))) & 1) << 4;
+    return u - (HB ? 8 << HB : 0);
+}
+
+// A compact tile (VB 5 / 6, no offsets) rewritten in the VB-8 layout with float32 scales
+template <int VB, int BS>
+void expand_tile(const uint8_t* tile, uint8_t* out, int64_t nb, bool half) {
+    constexpr int64_t WB = TW * BS * VB / 8;
+    const int64_t stride = WB + TW * (half ? 2 : 4);
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t* p = tile + b * stride;
+        uint8_t* q = out + b * (TW * BS + TW * 4);
+        for (int j = 0; j < TW; j++) {
+            for (int k = 0; k < BS; k++) q[(k / 4) * TW * 4 + j * 4 + k % 4] = (uint8_t)value_at<VB, BS>(p, j, k);
+            const float sw = half ? f16_to_f32(((const uint16_t*)(p + WB))[j]) : ((const float*)(p + WB))[j];
+            std::memcpy(q + TW * BS + 4 * j, &sw, 4);
+        }
+    }
+}
+
+template <int MR, int VB, bool OFF, int BS>
+void tile_kernel(const uint8_t* tile, const uint8_t* pf, const Act& a, int64_t m0, int64_t n0, const Out& o,
+                 bool half) {
+    (void)pf;
+    constexpr int64_t WB = TW * BS * VB / 8;
+    const int64_t SB = TW * (half ? 2 : 4);
+    const int64_t STRIDE = WB + SB * (OFF ? 2 : 1);
+    const int64_t nb = a.nb;
+    float acc[MR][TW];
+    #pragma GCC unroll 16
+    for (int m = 0; m < MR; m++)
+        #pragma GCC unroll 16
+        for (int j = 0; j < TW; j++) acc[m][j] = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t* p = tile + b * STRIDE;
+        float sw[TW], ow[TW];
+        for (int j = 0; j < TW; j++) {
+            if (half) {
+                sw[j] = f16_to_f32(((const uint16_t*)(p + WB))[j]);
+                ow[j] = OFF ? f16_to_f32(((const uint16_t*)(p + WB + SB))[j]) : 0.0f;
+            } else {
+                sw[j] = ((const float*)(p + WB))[j];
+                ow[j] = OFF ? ((const float*)(p + WB + SB))[j] : 0.0f;
+            }
+        }
+        int32_t wv[TW][BS];
+        #pragma GCC unroll 16
+        for (int j = 0; j < TW; j++) {
+            #pragma GCC unroll 16
+            for (int k = 0; k < BS; k++) wv[j][k] = value_at<VB, BS>(p, j, k);
+        }
+        #pragma GCC unroll 16
+        for (int m = 0; m < MR; m++) {
+            const int8_t* x = a.q + (m0 + m) * a.K + b * BS;
+            const float s = a.s[(m0 + m) * nb + b];
+            const float so = a.so[(m0 + m) * nb + b];
+            #pragma GCC unroll 16
+            for (int j = 0; j < TW; j++) {
+                int32_t dot = 0;
+                #pragma GCC unroll 16
+                for (int k = 0; k < BS; k++) dot += wv[j][k] * (int32_t)x[k];
+                acc[m][j] = std::fma((float)dot, sw[j] * s, acc[m][j]);
+                if (OFF) acc[m][j] = std::fma(ow[j], so, acc[m][j]);
+            }
+        }
+    }
+    const int64_t valid = o.N - n0 < TW ? o.N - n0 : TW;
+    #pragma GCC unroll 16
+    for (int m = 0; m < MR; m++) {
+        for (int64_t j = 0; j < valid; j++) {
+            float r = o.bias ? acc[m][j] + bias_at(o, n0 + j) : acc[m][j];
+            if (o.bf16) ((uint16_t*)o.y)[(m0 + m) * o.ldy + n0 + j] = f32_to_bf16(r);
+            else ((float*)o.y)[(m0 + m) * o.ldy + n0 + j] = r;
+        }
+    }
+}
+
+#endif
+
+void quant_rows(const void* x, int x_bf16, int64_t ldx, int64_t m0, int64_t m1, int64_t K, int bs, const Act& a) {
+    const int esz = x_bf16 ? 2 : 4;
+    for (int64_t m = m0; m < m1; m++) {
+        const void* row = (const char*)x + m * ldx * esz;
+        int8_t* q = const_cast<int8_t*>(a.q) + m * K;
+        float* s = const_cast<float*>(a.s) + m * a.nb;
+        int32_t* c = const_cast<int32_t*>(a.c) + m * a.nb;
+        float* so = const_cast<float*>(a.so) + m * a.nb;
+        if (x_bf16) quant_row<true>(row, K, bs, a.cmul, q, s, c, so);
+        else quant_row<false>(row, K, bs, a.cmul, q, s, c, so);
+    }
+}
+
+using KernelFn = void (*)(const uint8_t*, const uint8_t*, const Act&, int64_t, int64_t, const Out&, bool);
+
+template <int VB, bool OFF, int BS, int MR>
+void fill_table(KernelFn* table) {
+    table[MR] = &tile_kernel<MR, VB, OFF, BS>;
+    if constexpr (MR > 1) fill_table<VB, OFF, BS, MR - 1>(table);
+}
+
+template <int VB, bool OFF, int BS>
+const KernelFn* kernel_table() {
+    static KernelFn table[MRMAX + 1] = {nullptr};
+    static bool filled = (fill_table<VB, OFF, BS, MRMAX>(table), true);
+    (void)filled;
+    return table;
+}
+
+template <int VB, bool OFF>
+const KernelFn* kernels_for(int bs) {
+    return bs == 32 ? kernel_table<VB, OFF, 32>() : kernel_table<VB, OFF, 16>();
+}
+
+// The compact widths 5 and 6 exist without offsets only (GGUF Q5_0, Q6_K; fewer kernels to build)
+inline bool valid_layout(int vbits, int has_off) {
+    return vbits == 4 || vbits == 8 || ((vbits == 5 || vbits == 6) && !has_off);
+}
+
+const KernelFn* select_kernels(int vbits, int has_off, int bs) {
+    switch (vbits) {
+        case 4: return has_off ? kernels_for<4, true>(bs) : kernels_for<4, false>(bs);
+        case 5: return kernels_for<5, false>(bs);
+        case 6: return kernels_for<6, false>(bs);
+        default: return has_off ? kernels_for<8, true>(bs) : kernels_for<8, false>(bs);
+    }
+}
+
+using ExpandFn = void (*)(const uint8_t*, uint8_t*, int64_t, bool);
+
+ExpandFn select_expand(int vbits, int bs) {
+    if (vbits == 5) return bs == 32 ? &expand_tile<5, 32> : &expand_tile<5, 16>;
+    return nullptr;
+}
+
+inline void* aligned_buffer(size_t bytes) {
+    size_t rounded = (bytes + 63) / 64 * 64;
+    return std::aligned_alloc(64, rounded ? rounded : 64);
+}
+
+}  // namespace
+
+extern "C" {
+
+int qg_abi_version() { return ABI_VERSION; }
+
+const char* qg_isa() { return ISA; }
+
+int qg_tile_rows() { return TW; }
+
+int qg_max_threads() { return omp_get_max_threads(); }
+
+// Ask for transparent huge pages on the 2 MiB-aligned interior of [ptr, ptr + bytes), before it is
+// first written: a packed matrix is streamed once per call, and 4 KiB pages cost a TLB miss per
+// page. Returns 0, or -1 where unsupported (harmless).
+int qg_advise_hugepages(void* ptr, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const uintptr_t huge = (uintptr_t)2 << 20;
+    const uintptr_t lo = ((uintptr_t)ptr + huge - 1) & ~(huge - 1);
+    const uintptr_t hi = ((uintptr_t)ptr + (uintptr_t)bytes) & ~(huge - 1);
+    if (hi <= lo) return 0;
+    return madvise((void*)lo, hi - lo, MADV_HUGEPAGE);
+#else
+    (void)ptr, (void)bytes;
+    return -1;
+#endif
+}
+
+// vbits: the stored value width (4 for bits-4 weights; 8, or 5 / 6 when every value fits, for
+// bits-8 weights); half: scales and offsets stored as float16.
+int64_t qg_packed_bytes(int64_t N, int64_t K, int vbits, int group, int has_off, int half) {
+    const int bs = block_size(group);
+    const int64_t tiles = (N + TW - 1) / TW;
+    return tiles * (K / bs) * block_stride(vbits, bs, has_off, half);
+}
+
+// q: int8 [N, K] (bits 8) or uint8 [N, K / 2] (bits 4); scales, offsets (or null): [N, K / group],
+// float16 when half (the caller checked that they are exact) else float32. Returns 0, -1 on bad
+// arguments, -3 when a value does not fit vbits (5: -16..15, 6: -32..31).
+int qg_pack(const void* q, int bits, const void* scales, const void* offsets, int64_t N, int64_t K, int group,
+            int vbits, int half, uint8_t* out, int nthreads) {
+    if ((bits != 4 && bits != 8) || group < 16 || (group & (group - 1)) || K % group || N < 0) return -1;
+    if (!valid_layout(vbits, offsets != nullptr) || (bits == 4) != (vbits == 4)) return -1;
+    const int bs = block_size(group);
+    const int64_t nb = K / bs, ng = K / group;
+    const int has_off = offsets != nullptr;
+    const int64_t stride = block_stride(vbits, bs, has_off, half);
+    const int64_t wb = weight_bytes(vbits, bs), sb = scale_bytes(half);
+    const int bias = vbits == 5 ? 16 : vbits == 6 ? 32 : 0;  // u = q + bias for the compact widths
+    const int64_t tiles = (N + TW - 1) / TW;
+    int bad = 0;
+#pragma omp parallel for num_threads(nthreads > 0 ? nthreads : 1) schedule(static) reduction(| : bad)
+    for (int64_t t = 0; t < tiles; t++) {
+        for (int64_t b = 0; b < nb; b++) {
+            uint8_t* p = out + (t * nb + b) * stride;
+            std::memset(p, 0, (size_t)stride);
+            for (int j = 0; j < TW; j++) {
+                const int64_t n = t * TW + j;
+                const bool real = n < N;
+                const int64_t g = b * bs / group;
+                if (half) {
+                    ((uint16_t*)(p + wb))[j] = real ? ((const uint16_t*)scales)[n * ng + g] : 0;
+                    if (has_off) ((uint16_t*)(p + wb + sb))[j] = real ? ((const uint16_t*)offsets)[n * ng + g] : 0;
+                } else {
+                    ((float*)(p + wb))[j] = real ? ((const float*)scales)[n * ng + g] : 0.0f;
+                    if (has_off) ((float*)(p + wb + sb))[j] = real ? ((const float*)offsets)[n * ng + g] : 0.0f;
+                }
+                for (int k = 0; k < bs; k++) {
+                    const int64_t kk = b * bs + k;
+                    if (vbits == 8) {
+                        const int8_t v = real ? ((const int8_t*)q)[n * K + kk] : 0;
+                        const uint8_t stored = UNSIGNED_Q8 ? (uint8_t)(v + 128) : (uint8_t)v;
+                        p[(k / 4) * TW * 4 + j * 4 + k % 4] = stored;
+                        continue;
+                    }
+                    int u = 0;  // the value as stored, 0..15 / 0..31 / 0..63
+                    if (vbits == 4) {
+                        if (real) {
+                            const uint8_t byte = ((const uint8_t*)q)[n * (K / 2) + kk / 2];
+                            u = (kk & 1) ? (byte >> 4) : (byte & 0x0f);
+                        }
+                    } else {
+                        u = (real ? ((const int8_t*)q)[n * K + kk] : 0) + bias;
+                        if (u < 0 || u >= 2 * bias) {
+                            bad = 1;
+                            u = 0;
+                        }
+                    }
+                    const int d = k / 4, i = j * 4 + k % 4;  // word, byte of its vector
+                    if (vbits == 6) {
+                        const int c = d / 4, e = d % 4;
+                        uint8_t* x = p + 3 * c * TW * 4 + i;  // x, y, z at x[0], x[TW * 4], x[2 * TW * 4]
+                        if (e < 3) {
+                            x[e * TW * 4] |= (uint8_t)u;
+                        } else {
+                            for (int m = 0; m < 3; m++) x[m * TW * 4] |= (uint8_t)(((u >> (2 * m)) & 3) << 6);
+                        }
+                        continue;
+                    }
+                    if (vbits == 5 && bs == 32) {
+                        if (d < 5) {
+                            p[d * TW * 4 + i] |= (uint8_t)u;
+                        } else {
+                            for (int bit = 0; bit < 5; bit++) {  // the 15-bit stream in bits 5-7
+                                const int at = 5 * (d - 5) + bit;
+                                p[(at / 3) * TW * 4 + i] |= (uint8_t)(((u >> bit) & 1) << (5 + at % 3));
+                            }
+                        }
+                        continue;
+                    }
+                    const int half_bs = bs / 2;
+                    const int k2 = k < half_bs ? k : k - half_bs;
+                    p[(k2 / 4) * TW * 4 + j * 4 + k2 % 4] |= (uint8_t)(k < half_bs ? (u & 0x0f) : (u & 0x0f) << 4);
+                    if (vbits == 5) {
+                        const int pb = TW * bs / 8;  // the plane's bytes
+                        p[TW * bs / 2 + i % pb] |= (uint8_t)(((u >> 4) & 1) << (d + (bs / 4) * (i / pb)));
+                    }
+                }
+            }
+        }
+    }
+    return bad ? -3 : 0;
+}
+
+// y[M, N] (row stride ldy) = x[M, K] (row stride ldx) @ w^T + bias, w packed by qg_pack with
+// (vbits, group, has_off, half). x_bf16 / bias_bf16 / y_bf16: 1 for bfloat16, 0 for float32.
+// bias: [N] or null. Returns 0, -1 on bad arguments, -2 when out of memory.
+int qg_linear(const void* x, int x_bf16, int64_t ldx, int64_t M, int64_t K, const uint8_t* packed, int64_t N,
+              int vbits, int group, int has_off, int half, const void* bias, int bias_bf16, void* y, int y_bf16,
+              int64_t ldy, int nthreads) {
+    if (!valid_layout(vbits, has_off) || group < 16 || (group & (group - 1)) || K <= 0 || K % group || M < 0 ||
+        N < 0)
+        return -1;
+    if (M == 0 || N == 0) return 0;
+    const int bs = block_size(group);
+    const int64_t nb = K / bs;
+    int8_t* qa = (int8_t*)aligned_buffer((size_t)(M * K));
+    float* sa = (float*)aligned_buffer((size_t)(M * nb) * 4);
+    int32_t* ca = (int32_t*)aligned_buffer((size_t)(M * nb) * 4);
+    float* soa = (float*)aligned_buffer((size_t)(M * nb) * 4);
+    if (!qa || !sa || !ca || !soa) {
+        std::free(qa), std::free(sa), std::free(ca), std::free(soa);
+        return -2;
+    }
+    const int32_t cmul = vbits == 5 ? -16 : vbits == 6 ? -32 : -128;
+    const Act act{qa, sa, ca, soa, K, nb, cmul};
+    const Out out{y, ldy, y_bf16, bias, bias_bf16, N};
+    const KernelFn* kernels = select_kernels(vbits, has_off, bs);
+    const int64_t stride = block_stride(vbits, bs, has_off, half);
+    const int64_t tile_bytes = nb * stride;
+    // compact tiles swept by many rows: expanded once per thread (EXPAND_MIN_ROWS)
+    const ExpandFn expand = select_expand(vbits, bs);
+    const KernelFn* kernels8 = expand ? select_kernels(8, 0, bs) : nullptr;
+    const int64_t tile_bytes8 = nb * block_stride(8, bs, 0, 0);
+    const int64_t tiles = (N + TW - 1) / TW;
+    // cache blocking for many rows: a few tiles' weights (<= ~192 KiB) stay in L2 while
+    // chunks of rows (<= ~256 KiB of int8 activations) stream past them
+    const int64_t tiles_per_block = tile_bytes >= (192 << 10) ? 1 : (192 << 10) / tile_bytes;
+    int64_t rows_per_chunk = ((256 << 10) / K) / MRMAX * MRMAX;
+    if (rows_per_chunk < MRMAX) rows_per_chunk = MRMAX;
+    const int64_t tile_blocks = (tiles + tiles_per_block - 1) / tiles_per_block;
+    const int64_t row_chunks = (M + rows_per_chunk - 1) / rows_per_chunk;
+    const int64_t items = tile_blocks * row_chunks;
+    int nt = nthreads > 0 ? nthreads : 1;
+    if (items < nt) nt = (int)items;
+    // few rows: quantize them here, before the threads start (no barrier to wait at)
+    const bool serial_quant = M * K <= (64 << 10) || nt == 1;
+    if (serial_quant) quant_rows(x, x_bf16, ldx, 0, M, K, bs, act);
+    // work items: (block of tiles, chunk of rows), tile-block major, handed out dynamically so
+    // that a thread delayed by other load on the machine holds back only its current item
+#pragma omp parallel num_threads(nt)
+    {
+        uint8_t* scratch = nullptr;  // this thread's expanded block of tiles, allocated at first use
+        bool allocated = false;
+        int64_t expanded = -1;  // the first tile of the block the scratch holds
+        if (!serial_quant) {
+#pragma omp for schedule(static)
+            for (int64_t m = 0; m < M; m++) quant_rows(x, x_bf16, ldx, m, m + 1, K, bs, act);
+        }
+#pragma omp for schedule(dynamic, 1) nowait
+        for (int64_t item = 0; item < items; item++) {
+            const int64_t tb = (item / row_chunks) * tiles_per_block;
+            const int64_t tb1 = tb + tiles_per_block < tiles ? tb + tiles_per_block : tiles;
+            const int64_t mc = (item % row_chunks) * rows_per_chunk;
+            const int64_t mc1 = mc + rows_per_chunk < M ? mc + rows_per_chunk : M;
+            if (expand && mc1 - mc >= EXPAND_MIN_ROWS && !allocated) {
+                scratch = (uint8_t*)aligned_buffer((size_t)(tiles_per_block * tile_bytes8));  // null: inline
+                allocated = true;
+            }
+            const bool cached = expanded == tb;
+            const bool use_scratch = scratch && (cached || mc1 - mc >= EXPAND_MIN_ROWS);
+            for (int64_t t = tb; t < tb1; t++) {
+                const uint8_t* tile = packed + t * tile_bytes;
+                if (use_scratch) {
+                    // the same integer sums and float operations as unpacking inline: same bits.
+                    // After a tile's expansion its first sweep prefetches the next tile
+                    uint8_t* tile8 = scratch + (t - tb) * tile_bytes8;
+                    if (!cached) expand(tile, tile8, nb, half != 0);
+                    const bool next = !cached && (tiles - t - 1) * tile_bytes >= tile_bytes8;
+                    for (int64_t m0 = mc; m0 < mc1; m0 += MRMAX) {
+                        const int64_t mr = mc1 - m0 < MRMAX ? mc1 - m0 : MRMAX;
+                        const uint8_t* pf = next && m0 == mc ? tile + tile_bytes : nullptr;
+                        kernels8[mr](tile8, pf, act, m0, t * TW, out, false);
+                    }
+                    if (t + 1 == tb1) expanded = tb;
+                    continue;
+                }
+                // software prefetch a fixed distance ahead (not past the matrix) from 2 rows on:
+                // the hardware prefetchers alone leave memory and compute poorly overlapped once a
+                // block carries a few rows of work, but stream one row best by themselves
+                static const bool pf1 = getenv("QG_PF1") != nullptr; static const int64_t pfb = getenv("QG_PFB") ? atoll(getenv("QG_PFB")) : PREFETCH_BYTES;
+                const bool prefetch = (M > 1 || pf1) && (tiles - t - 1) * tile_bytes >= pfb;
+                const uint8_t* pf = prefetch ? tile + pfb : nullptr;
+                for (int64_t m0 = mc; m0 < mc1; m0 += MRMAX) {
+                    const int64_t mr = mc1 - m0 < MRMAX ? mc1 - m0 : MRMAX;
+                    kernels[mr](tile, pf, act, m0, t * TW, out, half != 0);
+                }
+            }
+        }
+        std::free(scratch);
+    }
+    std::free(qa), std::free(sa), std::free(ca), std::free(soa);
+    return 0;
+}
+
+}  // extern "C"
