@@ -78,12 +78,13 @@ def perplexity(model: Any, ids: list[int], chunk: int = 256) -> float:
     return float(torch.exp(torch.tensor(nll / count)))
 
 
-def accuracy(threads: int) -> dict[str, Any]:
+def accuracy(threads: int, activations: str = "auto") -> dict[str, Any]:
+    """Quantized (``dtype=activations``; auto = float32 on the CPU) against the dequantized GGUF in float32."""
     from tritonlm.model.loader import load_model
     from tritonlm.model.simple import greedy_tokens
 
     torch.set_num_threads(threads)
-    quantized = load_model("default", dtype="bfloat16")
+    quantized = load_model("default", dtype=activations)
     reference = load_model("default", dtype="float32", quantization=None)
     tok = quantized.tokenizer
     ids = text_ids(tok)[:2048]
@@ -98,6 +99,7 @@ def accuracy(threads: int) -> dict[str, Any]:
         first = next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), None)
         rows.append({"prompt": q, "identical": a == b, "first_difference": first})
     return {
+        "activations": str(quantized.model.dtype),
         "ppl_quantized": ppl_q,
         "ppl_float32": ppl_ref,
         "ppl_ratio": ppl_q / ppl_ref,
@@ -253,7 +255,7 @@ def _system_worker(key: str, threads: int, conn: Any) -> None:
     from tritonlm.model.default import ensure_default_gguf
 
     if key == "tritonlm":
-        system: Any = Tritonlm(threads, dtype="bfloat16")
+        system: Any = Tritonlm(threads)  # the defaults: the GGUF's quantized weights, dtype auto
     elif key == "tritonlm-bf16":
         system = Tritonlm(threads, dtype="bfloat16", quantization=None)
     elif key == "llama.cpp":
@@ -345,7 +347,8 @@ def report(results: dict[str, Any]) -> str:
     if "accuracy" in results:
         a = results["accuracy"]
         lines.append(
-            f"accuracy: perplexity over {a['tokens']} tokens quantized {a['ppl_quantized']:.4f} vs float32 "
+            f"accuracy ({a['activations']} activations): perplexity over {a['tokens']} tokens quantized "
+            f"{a['ppl_quantized']:.4f} vs float32 "
             f"{a['ppl_float32']:.4f} (ratio {a['ppl_ratio']:.4f}); greedy 32 tokens identical on "
             f"{a['greedy_identical']}/{a['greedy_prompts']} chat prompts {[r['first_difference'] for r in a['rows']]}"
         )
@@ -392,6 +395,9 @@ def main() -> None:
     if "accuracy" in args.sections:
         results["accuracy"] = accuracy(args.threads)
         print(report({"accuracy": results["accuracy"]}), flush=True)
+        bf16 = accuracy(args.threads, "bfloat16")
+        results["accuracy_bf16_activations"] = bf16
+        print(report({"accuracy": bf16}), flush=True)
     if "speed" in args.sections:
         results["speed"] = speed(args.threads, tuple(args.systems.split(",")))
         print(report({"speed": results["speed"]}), flush=True)

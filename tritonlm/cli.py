@@ -38,7 +38,12 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="activation dtype (auto: float32 for quantized weights on the CPU, else bfloat16)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default=None, choices=("torch", "triton", "interpret"))
     _add_model_options(p)
@@ -66,7 +71,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--served-model-name", default=None, help="the model id clients send (default: --model)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"))
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="activation dtype (auto: float32 for quantized weights on the CPU, else bfloat16)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--backend", default=None, choices=("torch", "triton", "interpret"))
     _add_model_options(p)

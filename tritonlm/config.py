@@ -15,7 +15,7 @@ from tritonlm.errors import ConfigError
 
 Backend = Literal["torch", "triton", "interpret"]
 BACKENDS: tuple[str, ...] = ("torch", "triton", "interpret")
-DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")  # auto: tritonlm.model.loader.auto_dtype
 QUANTIZATIONS: tuple[str | None, ...] = ("auto", "gguf", "int8", "int4", None)
 
 
@@ -91,7 +91,7 @@ class ModelConfig:
     """How to load a model: where from, in what dtype, on what device, with which op backend."""
 
     model: str = "default"
-    dtype: str = "bfloat16"
+    dtype: str = "auto"
     device: str = "cpu"
     backend: str | None = None
     max_model_len: int | None = None

@@ -54,7 +54,7 @@ def lm(
     max_tokens: int = 512,
     cache: bool = True,
     num_retries: int = 0,
-    dtype: str = "bfloat16",
+    dtype: str = "auto",
     **lm_kwargs: Any,
 ) -> TritonLM:
     """A ``dspy.LM`` backed by tritonlm: ``dspy.configure(lm=tritonlm.dspy_adapter.lm())``.

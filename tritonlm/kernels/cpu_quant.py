@@ -286,6 +286,9 @@ class CpuQuantWeight:
         """The stored form, e.g. ``"q5+f16"`` (5-bit values, float16 scales) or ``"q8+f32"``."""
         return f"q{self.value_bits}+{'f16' if self.half_scales else 'f32'}"
 
+    # the kernel's results per row do not depend on the other rows (Qwen2ForCausalLM.linear reads this)
+    batch_invariant = True
+
     def nbytes(self) -> int:
         """Bytes the kernel reads per call (weights, scales and offsets, tile padding included)."""
         return self.data.numel()

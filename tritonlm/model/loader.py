@@ -319,10 +319,17 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def auto_dtype(quantization: str | None, device: torch.device) -> torch.dtype:
+    """``dtype="auto"``: float32 activations for quantized weights on the CPU (the weights' bytes
+    dominate there, and float32 activations keep greedy outputs closest to the float model:
+    benches/RESULTS.md), bfloat16 otherwise."""
+    return torch.float32 if quantization is not None and device.type == "cpu" else torch.bfloat16
+
+
 def load_model(
     model: str | Path = "default",
     *,
-    dtype: str | torch.dtype = "bfloat16",
+    dtype: str | torch.dtype = "auto",
     device: str | torch.device = "cpu",
     backend: str | None = None,
     ops: Ops | None = None,
@@ -336,8 +343,8 @@ def load_model(
     GGUF); ``"int8"`` / ``"int4"`` quantize every matrix at load (round to nearest, groups of
     32); ``None`` (the default for a HF folder) holds dense weights in ``dtype``: a GGUF is then
     dequantized, and the default model is read from a float32 folder converted once.
-    ``dtype`` is the activation dtype either way. ``deterministic``: batch-invariant numerics
-    (see :class:`Qwen2ForCausalLM`).
+    ``dtype`` is the activation dtype either way (``"auto"``: see :func:`auto_dtype`).
+    ``deterministic``: batch-invariant numerics (see :class:`Qwen2ForCausalLM`).
     """
     from tritonlm.threads import call_on_fresh_thread
 
@@ -360,7 +367,6 @@ def _load_model(
 
     if quantization not in QUANTIZATIONS:
         raise ConfigError(f"quantization={quantization!r}: expected one of {QUANTIZATIONS}")
-    torch_dtype = resolve_dtype(dtype)
     device = torch.device(device)
     if ops is None:
         ops = get_ops(resolve_backend(backend, device.type))
@@ -372,19 +378,22 @@ def _load_model(
         path = ensure_default_gguf() if quantization in ("auto", "gguf") else ensure_default_model()
     elif not path.exists() and "/" in name and not name.startswith((".", "/", "~")):
         path = _download_from_hub(name)
+    if quantization == "auto":
+        quantization = "gguf" if path.is_file() else None
+    torch_dtype = auto_dtype(quantization, device) if dtype == "auto" else resolve_dtype(dtype)
     state: Mapping[str, torch.Tensor | QuantizedWeight]
     if path.is_file():
         if path.suffix != ".gguf":
             raise ModelLoadError(f"{path}: expected a .gguf file or a HF model folder")
         src = GGUFFile(path)
         config = src.config()
-        state = src.lazy_state_dict(keep_quantized=quantization in ("auto", "gguf"))
+        state = src.lazy_state_dict(keep_quantized=quantization == "gguf")
         tokenizer = src.tokenizer()
     elif path.is_dir():
         if quantization == "gguf":
             raise ConfigError(f"quantization='gguf' needs a .gguf file, {path} is a folder")
         config = Qwen2Config.from_json_file(path / "config.json")
-        state = load_safetensors_folder(path, torch_dtype if quantization in ("auto", None) else torch.float32)
+        state = load_safetensors_folder(path, torch_dtype if quantization is None else torch.float32)
         tokenizer = Tokenizer.from_dir(path, vocab_size=config.vocab_size)
     else:
         raise ModelLoadError(f"{path}: no such model file or folder")

@@ -26,7 +26,7 @@ from tritonlm.threads import call_on_fresh_thread
 
 Sink = Callable[[StreamDelta], None]
 
-_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_TORCH_DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -211,7 +211,7 @@ class LLM:
         self,
         model: str = "default",
         *,
-        dtype: str = "bfloat16",
+        dtype: str = "auto",
         device: str = "cpu",
         backend: str | None = None,
         block_size: int = 16,
