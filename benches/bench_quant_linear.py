@@ -20,10 +20,13 @@ For each Qwen2.5-0.5B shape (gate_up [9728, 896], down [896, 4864]), row count M
 The ``compact`` suite (``--suite compact``) times only ``cpu_quant``, on GGUF-like weights of the
 default model's types (``q5_0``: values -16..15 with float16 scales, groups of 32; ``q8_0``: int8
 with float16 scales; ``q6_k``: values -32..31, groups of 16, scales that are float16 x int8
-products, not float16-exact) on gate_up, down and lm_head [151936, 896]: each weight packed in
-the layout ``cpu_quant.pack`` chooses (e.g. ``q5+f16``: 5-bit values, float16 scales) and in the
-plain int8 + float32-scale layout (``q8+f32``), which give the same bits; the kernel column names
-the layout and its bits per weight.
+products, not float16-exact; ``q4_0``: 4-bit values with float16 scales and offsets) on gate_up,
+down and lm_head [151936, 896]: each weight packed in the layouts that hold it (e.g. ``q5+f16``:
+5-bit values, float16 scales; ``q8+f32``: int8 values, float32 scales, the plain layout), which
+all give the same bits; the kernel column names the layout and its bits per weight (``*``: the
+one ``cpu_quant.pack`` chooses), and each cell but the plain layout's ends with its time over the
+plain layout's. The cells are timed one call each in turn, so that memory bandwidth that drifts
+(other machines on the host) hits every layout alike.
 
 Weights are cold, as in a decode step that streams the whole model: every kernel cycles through
 enough copies of its weights (> 96 MiB, three times this CPU's L3) that no call finds them in
@@ -50,13 +53,13 @@ import torch
 import torch.nn.functional as F
 
 from tritonlm.kernels import cpu_quant
-from tritonlm.kernels.qweight import QuantizedWeight, quantize_rtn
+from tritonlm.kernels.qweight import QuantizedWeight, pack_int4, quantize_rtn
 
 SHAPES: dict[str, tuple[int, int]] = {"gate_up": (9728, 896), "down": (896, 4864)}
 ROWS: tuple[int, ...] = (1, 4, 16, 64, 512)
 FORMATS: dict[str, tuple[int, int]] = {"int4-g32-off": (4, 32), "int8-g32": (8, 32)}
 COMPACT_SHAPES: dict[str, tuple[int, int]] = {**SHAPES, "lm_head": (151936, 896)}
-COMPACT_FORMATS: tuple[str, ...] = ("q5_0", "q8_0", "q6_k")
+COMPACT_FORMATS: tuple[str, ...] = ("q5_0", "q8_0", "q6_k", "q4_0")
 COLD_BYTES = 96 << 20
 DEQUANT_MIN_ROWS = 64
 
@@ -181,8 +184,15 @@ def make_cells(n: int, k: int, rows: int, seed: int = 0) -> list[Cell]:
 
 def gguf_like(w: torch.Tensor, fmt: str) -> QuantizedWeight:
     """``w`` quantized as GGUF's ``fmt`` would hold it (see tritonlm.model.gguf_quant): q5_0 / q8_0
-    with float16 group scales, q6_k with scales = float16 d (per 256) x int8 sub-scale (per 16)."""
+    with float16 group scales, q6_k with scales = float16 d (per 256) x int8 sub-scale (per 16),
+    q4_0 as 4-bit values 0..15 with float16 d and offsets -8 d."""
     n, k = w.shape
+    if fmt == "q4_0":
+        g = w.reshape(n, k // 32, 32)
+        d = (g.abs().amax(-1) / 8.0).half().float()
+        d = torch.where(d > 0, d, torch.ones_like(d))
+        q = (torch.round(g / d.unsqueeze(-1)) + 8).clamp(0, 15).reshape(n, k)
+        return QuantizedWeight(pack_int4(q), d.contiguous(), (-8 * d).contiguous(), 4, 32)
     if fmt in ("q5_0", "q8_0"):
         qmax = 16.0 if fmt == "q5_0" else 127.0
         lo, hi = (-16, 15) if fmt == "q5_0" else (-127, 127)
@@ -212,8 +222,26 @@ def _packed_copies(first: cpu_quant.CpuQuantWeight) -> list[cpu_quant.CpuQuantWe
     ]  # fmt: skip
 
 
+def _layouts(qw: QuantizedWeight) -> list[dict[str, Any]]:
+    """pack() keyword sets for the layouts that hold ``qw``: pack()'s choice first, then the
+    narrowest values with float16 and with float32 scales, the plain layout last."""
+    layouts: list[dict[str, Any]] = [{}]
+    narrowest = qw.bits
+    if qw.bits == 8 and qw.offsets is None:
+        lo, hi = (int(v) for v in torch.aminmax(qw.qweight))
+        narrowest = next(vb for vb in (5, 6, 8) if -(1 << (vb - 1)) <= lo and hi < 1 << (vb - 1))
+    exact = bool((qw.scales.half().float() == qw.scales).all()) and (
+        qw.offsets is None or bool((qw.offsets.half().float() == qw.offsets).all())
+    )
+    for half in (True, False) if exact and qw.group_size >= 32 else (False,):
+        layouts.append({"value_bits": narrowest, "half_scales": half})
+    layouts.append({"value_bits": qw.bits, "half_scales": False})
+    return layouts
+
+
 def make_compact_cells(n: int, k: int, formats: tuple[str, ...] = COMPACT_FORMATS, seed: int = 0) -> list[Cell]:
-    """``cpu_quant`` cells for GGUF-like weights: the layout pack() chooses and the plain one."""
+    """``cpu_quant`` cells for GGUF-like weights: the layouts that hold each weight (pack()'s
+    choice marked ``*``), the plain one last."""
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(n, k, generator=gen) * 0.05
     cells: list[Cell] = []
@@ -221,15 +249,22 @@ def make_compact_cells(n: int, k: int, formats: tuple[str, ...] = COMPACT_FORMAT
         if fmt == "q6_k" and k % 256:
             continue  # k-quants need super-blocks of 256 inputs (the model's down projection only)
         qw = gguf_like(w, fmt)
-        for layout in ({}, {"value_bits": 8, "half_scales": False}):
+        seen: dict[str, Cell] = {}
+        for i, layout in enumerate(_layouts(qw)):
             first = cpu_quant.pack(qw, **layout)
+            if first.layout in seen:
+                continue
             bpw = first.nbytes() * 8 / (n * k)
-            kernel = f"cpu_quant {first.layout} ({bpw:.2f} b/w)"
-            if any(c.kernel == kernel and c.fmt == fmt for c in cells):
-                continue  # pack() chose the plain layout
-            cells.append(Cell(kernel, fmt, first.nbytes(), _packed_copies(first), lambda x, p: cpu_quant.linear(x, p)))
+            kernel = f"cpu_quant {first.layout}{'*' if i == 0 else ''} ({bpw:.2f} b/w)"
+            seen[first.layout] = Cell(kernel, fmt, first.nbytes(), _packed_copies(first), _call_linear)
+        plain = seen.pop(f"q{qw.bits}+f32")
+        cells.extend([*seen.values(), plain])
         del qw
     return cells
+
+
+def _call_linear(x: torch.Tensor, packed: cpu_quant.CpuQuantWeight) -> torch.Tensor:
+    return cpu_quant.linear(x, packed)
 
 
 def _clone_qweight(qw: QuantizedWeight) -> QuantizedWeight:
@@ -237,8 +272,12 @@ def _clone_qweight(qw: QuantizedWeight) -> QuantizedWeight:
     return QuantizedWeight(qw.qweight.clone(), qw.scales.clone(), offsets, qw.bits, qw.group_size)
 
 
-def measure_cells(cells: list[Cell], rows: int, k: int, budget_s: float, rounds: int = 5) -> None:
-    """Round-robin timing: each round times a batch of calls of every cell in turn."""
+def measure_cells(
+    cells: list[Cell], rows: int, k: int, budget_s: float, rounds: int = 5, interleave: bool = False
+) -> None:
+    """Round-robin timing: each round times a batch of calls of every cell in turn
+    (``interleave``: one call of every cell in turn, so that drifting memory bandwidth, as other
+    machines' load on the host changes it, hits every cell alike)."""
     xs = {dt: torch.randn(rows, k).to(dt) for dt in {c.x_dtype for c in cells}}
     reps: dict[int, int] = {}
     for i, cell in enumerate(cells):  # warm up (and size the batches)
@@ -248,6 +287,14 @@ def measure_cells(cells: list[Cell], rows: int, k: int, budget_s: float, rounds:
         cell.run(x)
         one = time.perf_counter() - start
         reps[i] = max(2, min(200, int(budget_s / rounds / max(one, 1e-6))))
+    if interleave:
+        calls = max(3, min(reps.values()))
+        for _ in range(rounds * calls):
+            for cell in cells:
+                start = time.perf_counter()
+                cell.run(xs[cell.x_dtype])
+                cell.times.append(time.perf_counter() - start)
+        return
     for _ in range(rounds):
         for i, cell in enumerate(cells):
             x = xs[cell.x_dtype]
@@ -304,7 +351,8 @@ def run_compact(
     budget_s: float = 0.3,
     formats: tuple[str, ...] = COMPACT_FORMATS,
 ) -> list[dict[str, Any]]:
-    """The compact suite: ``cpu_quant`` in its chosen and its plain layout, per GGUF-like format."""
+    """The compact suite: ``cpu_quant`` in the layouts that hold each GGUF-like format's weight;
+    ``vs_plain`` (``vs_plain_min``): the median (fastest) call's time over the plain layout's."""
     torch.set_num_threads(threads)
     results: list[dict[str, Any]] = []
     for name, (n, k) in shapes.items():
@@ -312,8 +360,14 @@ def run_compact(
         for m in rows:
             for c in cells:
                 c.times.clear()
-            measure_cells(cells, m, k, budget_s)
-            results.extend(_result(name, n, k, m, c) for c in cells)
+            measure_cells(cells, m, k, budget_s, interleave=True)
+            got = [_result(name, n, k, m, c) for c in cells]
+            plain = {r["format"]: r for r in got}  # each format's last cell: the plain layout
+            for r in got:
+                if r is not plain[r["format"]]:
+                    r["vs_plain"] = r["median_ms"] / plain[r["format"]]["median_ms"]
+                    r["vs_plain_min"] = r["min_ms"] / plain[r["format"]]["min_ms"]
+            results.extend(got)
         del cells
         gc.collect()
     return results
@@ -322,7 +376,7 @@ def run_compact(
 def format_tables(results: list[dict[str, Any]], rows: tuple[int, ...], stat: str = "median") -> str:
     """One markdown table per shape: a line per (format, kernel), a column per row count;
     each cell ``ms / GB/s / GFLOP/s`` of the median call (``stat="min"``: of the fastest, which
-    other processes' load disturbs less)."""
+    other processes' load disturbs less), and in the compact suite ``(time / plain layout's)``."""
     lines: list[str] = []
     for shape in dict.fromkeys(r["shape"] for r in results):
         sel = [r for r in results if r["shape"] == shape]
@@ -341,7 +395,9 @@ def format_tables(results: list[dict[str, Any]], rows: tuple[int, ...], stat: st
                 r = hit[0]
                 ms = r["median_ms"] if stat == "median" else r["min_ms"]
                 gb_s, gflop_s = r["gb_s"] * r["median_ms"] / ms, r["gflop_s"] * r["median_ms"] / ms
-                cells.append(f"{ms:.3f} / {gb_s:.1f} / {gflop_s:.0f}")
+                ratio = r.get("vs_plain" if stat == "median" else "vs_plain_min")
+                shown = "" if ratio is None else f" ({ratio:.2f}x)"
+                cells.append(f"{ms:.3f} / {gb_s:.1f} / {gflop_s:.0f}{shown}")
             lines.append(f"| {fmt} | {kernel} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -399,7 +455,7 @@ def test_compact_layouts(benchmark) -> None:
     results = holder["results"]
     print(f"\n{holder['before']} (before), {holder['after']} (after), isa {cpu_quant.load().isa}")
     print(format_tables(results, (1, 16)))
-    by_kernel = {r["kernel"].split()[1]: r["median_ms"] for r in results if r["rows"] == 1}
+    by_kernel = {r["kernel"].split()[1].rstrip("*"): r["median_ms"] for r in results if r["rows"] == 1}
     speedup = by_kernel["q8+f32"] / by_kernel["q5+f16"]
     benchmark.extra_info.update(results=results, q5_speedup_m1=speedup, load=holder["after"])
     assert speedup >= 1.25

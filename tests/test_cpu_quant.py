@@ -365,21 +365,24 @@ def test_portable_paths_match_native(lib, march: str, isa: str) -> None:
 
 def test_compact_layout_chosen_when_lossless(lib) -> None:
     """Q5_0-like weights: 5-bit values + float16 scales (5.5 bits a weight); Q6_K-like: 6-bit values,
-    float32 scales (8 bits); Q8_0-like: int8 + float16 scales (8.5 bits); 4-bit weights keep their
-    values and take float16 scales and offsets when all are exact."""
+    float32 scales (8 bits). Float16 scales are chosen with 5-bit values only (HALF_SCALE_VALUE_BITS:
+    int8 and 4-bit values measured no faster with them), and only for groups of 32 or more (no
+    kernels for smaller ones); asked for, int8 and 4-bit values take them too."""
+    assert cpu_quant.COMPACT_VALUE_BITS == (5, 6) and cpu_quant.HALF_SCALE_VALUE_BITS == (5,)
     gen = torch.Generator().manual_seed(21)
     n, k = 64, 256
-    cases = [
-        (make_compact_weight(n, k, 5, 32, gen), 5, True, 5.5),
-        (make_compact_weight(n, k, 6, 16, gen), 6, False, 8.0),
-        (make_compact_weight(n, k, 8, 32, gen), 8, True, 8.5),
-        (make_compact_weight(n, k, 5, 16, gen), 5, True, 6.0),
-    ]
     q4 = make_weight(n, k, 4, 32, True, gen)
-    cases.append((q4, 4, False, 6.0))
-    q4_half = QuantizedWeight(q4.qweight, q4.scales.half().float(), q4.offsets.half().float(), 4, 32)
-    cases.append((q4_half, 4, True, 5.0))
-    for qw, value_bits, half, bits_per_weight in cases:
+    q4_exact = QuantizedWeight(q4.qweight, q4.scales.half().float(), q4.offsets.half().float(), 4, 32)
+    cases = [  # weight, (value bits, float16 scales, bits a weight) chosen, asked for float16 scales
+        (make_compact_weight(n, k, 5, 32, gen), (5, True, 5.5), 5.5),
+        (make_compact_weight(n, k, 5, 64, gen), (5, True, 5.5), 5.5),  # a scale per block of 32
+        (make_compact_weight(n, k, 5, 16, gen), (5, False, 7.0), None),  # float16 scales: groups >= 32
+        (make_compact_weight(n, k, 6, 16, gen), (6, False, 8.0), None),
+        (make_compact_weight(n, k, 8, 32, gen), (8, False, 9.0), 8.5),
+        (q4, (4, False, 6.0), None),
+        (q4_exact, (4, False, 6.0), 5.0),
+    ]
+    for qw, (value_bits, half, bits_per_weight), half_bits_per_weight in cases:
         assert cpu_quant.choose_layout(qw) == (value_bits, half)
         packed = cpu_quant.pack(qw)
         assert (packed.value_bits, packed.half_scales) == (value_bits, half)
@@ -387,6 +390,12 @@ def test_compact_layout_chosen_when_lossless(lib) -> None:
         assert packed.nbytes() * 8 / (n * k) == bits_per_weight
         plain = cpu_quant.pack(qw, value_bits=qw.bits, half_scales=False)
         assert (plain.value_bits, plain.half_scales, plain.layout) == (qw.bits, False, f"q{qw.bits}+f32")
+        if half_bits_per_weight is None:
+            with pytest.raises(ConfigError, match="float16"):
+                cpu_quant.pack(qw, half_scales=True)
+        else:
+            asked = cpu_quant.pack(qw, half_scales=True)
+            assert asked.half_scales and asked.nbytes() * 8 / (n * k) == half_bits_per_weight
 
 
 def test_compact_layout_not_chosen_when_lossy(lib) -> None:
@@ -416,40 +425,56 @@ def test_compact_layout_not_chosen_when_lossy(lib) -> None:
     assert (packed.value_bits, packed.half_scales) == (5, False)
     with pytest.raises(ConfigError, match="float16"):
         cpu_quant.pack(inexact, half_scales=True)
-    # offsets: no compact values (the offsets themselves may still be float16)
+    # offsets: no compact values; float16 offsets only when asked for and exact
     with_offsets = QuantizedWeight(base.qweight, base.scales, torch.full_like(base.scales, 0.5), 8, 32)
-    packed = cpu_quant.pack(with_offsets)
-    assert (packed.value_bits, packed.half_scales) == (8, True)
+    assert cpu_quant.pack(with_offsets).layout == "q8+f32"
+    assert cpu_quant.pack(with_offsets, half_scales=True).layout == "q8+f16"
     with pytest.raises(ConfigError):
         cpu_quant.pack(with_offsets, value_bits=5)
     offsets = torch.full_like(base.scales, 0.5)
     offsets[0, 0] = 1e-8  # below float16's smallest subnormal
-    assert cpu_quant.pack(QuantizedWeight(base.qweight, base.scales, offsets, 8, 32)).half_scales is False
+    with pytest.raises(ConfigError, match="float16"):
+        cpu_quant.pack(QuantizedWeight(base.qweight, base.scales, offsets, 8, 32), half_scales=True)
     q4 = make_weight(40, 64, 4, 32, True, gen)
     with pytest.raises(ConfigError):
         cpu_quant.pack(q4, value_bits=5)
     with pytest.raises(ConfigError):
         cpu_quant.CpuQuantWeight(
-            cpu_quant.pack(with_offsets).data, (40, 64), 8, 32, True, lib, value_bits=5, half_scales=True
+            cpu_quant.pack(with_offsets).data, (40, 64), 8, 32, True, lib, value_bits=5, half_scales=False
         )
 
 
-@pytest.mark.parametrize("value_bits,group", [(5, 32), (6, 16), (8, 32), (5, 64)])
+@pytest.mark.parametrize("value_bits,group", [(5, 32), (6, 16), (8, 32), (5, 64), (4, 32)])
 def test_compact_layout_bitwise_equal_to_int8(lib, value_bits: int, group: int) -> None:
-    """The compact layout gives the very bits of the plain int8 + float32-scale layout (the integer
-    dot products are exact whatever the storage), for 1 to 100 rows (100: 5-bit tiles expanded
-    before their sweeps), odd N, float32 and bfloat16, with and without bias."""
+    """Every layout gives the very bits of the plain int8 (4-bit) + float32-scale layout (the
+    integer dot products are exact whatever the storage): 5-bit values with float16 or float32
+    scales, as 6-bit values; 6-bit values; int8 and 4-bit values with float16 scales (and
+    offsets). For 1 to 100 rows (100: 5-bit tiles expanded before their sweeps), odd N, float32
+    and bfloat16, with and without bias."""
     gen = torch.Generator().manual_seed(23 + value_bits + group)
-    for n, k in ((37, 256), (1001, 896), (45, 4864)):
-        qw = make_compact_weight(n, k, value_bits, group, gen)
-        compact = cpu_quant.pack(qw)
-        assert compact.value_bits == value_bits and compact.half_scales == (value_bits != 6)
-        plain = cpu_quant.pack(qw, value_bits=8, half_scales=False)
-        assert compact.nbytes() < plain.nbytes()
+    for n, k in ((37, 256), (1001, 896), (45, 4864), (21, 96)):
+        if k % group:
+            continue
+        if value_bits == 4:
+            qw = make_weight(n, k, 4, group, True, gen)
+            qw = QuantizedWeight(qw.qweight, qw.scales.half().float(), qw.offsets.half().float(), 4, group)
+        else:
+            qw = make_compact_weight(n, k, value_bits, group, gen)
+        plain = cpu_quant.pack(qw, value_bits=qw.bits, half_scales=False)
+        layouts = [cpu_quant.pack(qw)]
+        if value_bits == 5:
+            layouts += [cpu_quant.pack(qw, half_scales=False), cpu_quant.pack(qw, value_bits=6)]
+        if value_bits in (8, 4):
+            layouts.append(cpu_quant.pack(qw, half_scales=True))
+        assert layouts[0].value_bits == value_bits
+        assert layouts[0].half_scales == (value_bits == 5)
+        assert all(p.nbytes() < plain.nbytes() for p in layouts if p.layout != plain.layout)
         bias = torch.randn(n, generator=gen)
         for m in (*ROWS, 100):
             for dtype in (torch.float32, torch.bfloat16):
                 x = torch.randn(m, k, generator=gen).to(dtype)
                 for b in (None, bias):
-                    assert torch.equal(cpu_quant.linear(x, compact, b), cpu_quant.linear(x, plain, b)), (n, k, m, dtype)
-        check_against_references(cpu_quant.linear(x, compact, bias), x, qw, bias)
+                    want = cpu_quant.linear(x, plain, b)
+                    for packed in layouts:
+                        assert torch.equal(cpu_quant.linear(x, packed, b), want), (n, k, m, dtype, packed.layout)
+        check_against_references(cpu_quant.linear(x, layouts[0], bias), x, qw, bias)

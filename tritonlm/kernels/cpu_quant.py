@@ -2,14 +2,16 @@
 
 ``pack(weight)`` repacks a :class:`~tritonlm.kernels.qweight.QuantizedWeight` once into the
 kernel's tiled layout; ``linear(x, packed, bias)`` computes ``x @ w.T + bias`` from it. The layout
-is the most compact one that holds the weight exactly (:func:`choose_layout`): float16 scales and
-offsets when every one of them is exactly a float16 (GGUF Q8_0, Q5_0, Q4_0), 5- or 6-bit values
-when every value of an 8-bit weight without offsets fits (Q5_0: -16..15, Q6_K: -32..31); decode
-reads fewer bytes, and the results are the same bits as from the plain int8 + float32 layout. Each row of
-``x`` is quantized to int8 per block of ``min(G, 32)`` inputs (scale ``amax / 127``), the integer
-dot products per block run on AVX-512 VNNI (``vpdpbusd``) where the compiler targets it (else AVX2
-``vpmaddubsw``, else portable C++), and the per-block float32 scale-and-sum runs in a fixed order,
-so a row's result is the same bits whatever the other rows of the batch (batch invariance).
+is a compact one where that holds the weight exactly and decodes faster (:func:`choose_layout`):
+5- or 6-bit values when every value of an 8-bit weight without offsets fits (GGUF Q5_0: -16..15,
+Q6_K: -32..31), float16 scales for 5-bit values when every scale is exactly a float16 (Q5_0).
+The results are the same bits as from the plain int8 (or 4-bit) + float32-scale layout.
+
+Each row of ``x`` is quantized to int8 per block of ``min(G, 32)`` inputs (scale ``amax / 127``),
+the integer dot products per block run on AVX-512 VNNI (``vpdpbusd``) where the compiler targets
+it (else AVX2 ``vpmaddubsw``, else portable C++), and the per-block float32 scale-and-sum runs in
+a fixed order, so a row's result is the same bits whatever the other rows of the batch (batch
+invariance).
 
 The error against the float reference is that of the activation quantization: about 1e-2 of the
 output's max-norm (half a quantization step, ``amax / 254`` per input, summed over K).
@@ -179,6 +181,8 @@ class _Library:
         lib.qg_max_threads.argtypes = []
         lib.qg_advise_hugepages.restype = _i32
         lib.qg_advise_hugepages.argtypes = [_ptr, _i64]
+        lib.qg_has_layout.restype = _i32
+        lib.qg_has_layout.argtypes = [_i32, _i32, _i32, _i32]
         lib.qg_packed_bytes.restype = _i64
         lib.qg_packed_bytes.argtypes = [_i64, _i64, _i32, _i32, _i32, _i32]
         lib.qg_pack.restype = _i32
@@ -237,10 +241,15 @@ def available() -> bool:
 
 
 # ---- API -------------------------------------------------------------------------------------------
-# Stored value widths pack() may choose for an 8-bit weight without offsets whose values all fit,
-# narrowest first: 5 (-16..15: GGUF Q5_0) and 6 (-32..31: Q6_K). Each is kept only where it
-# measured faster than int8 (benches/bench_quant_linear.py --suite compact).
+# Stored value widths pack() chooses for an 8-bit weight without offsets whose values all fit,
+# narrowest first: 5 (-16..15: GGUF Q5_0, 5.5 bits a weight with float16 scales, 9 as int8) and
+# 6 (-32..31: Q6_K, 8 bits against 10). Both decode one row faster than int8 and stay within
+# noise of it from 16 rows on (benches/bench_quant_linear.py --suite compact).
 COMPACT_VALUE_BITS: tuple[int, ...] = (5, 6)
+# Stored value widths with which pack() chooses float16 scales (and offsets) when all are exact:
+# 5 only. With int8 (Q8_0) or 4-bit (Q4_0) values they measured no faster for one row on Zen 4
+# (the 5.5% / 17% fewer bytes did not show), so those keep float32 scales unless asked.
+HALF_SCALE_VALUE_BITS: tuple[int, ...] = (5,)
 _VALUE_RANGES = {5: (-16, 15), 6: (-32, 31), 8: (-128, 127)}
 
 
@@ -249,9 +258,10 @@ class CpuQuantWeight:
     """A :class:`QuantizedWeight` repacked for the C++ kernel (see ``csrc/quant_gemm.cpp``).
 
     ``value_bits``: how the kernel stores each value: 4 (a 4-bit weight), 8 (int8), or for an
-    8-bit weight whose values all fit, 5 (-16..15) or 6 (-32..31) bits. ``half_scales``: scales
-    and offsets stored as float16 (only when every one of them is exactly a float16). Both are
-    lossless: the kernel's results are the same bits whatever the layout."""
+    8-bit weight without offsets whose values all fit, 5 (-16..15) or 6 (-32..31) bits.
+    ``half_scales``: scales and offsets stored as float16 (only when every one of them is exactly
+    a float16; groups of 32 or more). Both are lossless: the kernel's results are the same bits
+    whatever the layout."""
 
     data: torch.Tensor  # uint8, the kernel's tiled layout
     shape: tuple[int, int]  # (N, K)
@@ -268,15 +278,15 @@ class CpuQuantWeight:
             raise ConfigError("CpuQuantWeight: data must be a contiguous 1-D uint8 tensor")
         if self.value_bits == 0:
             object.__setattr__(self, "value_bits", self.bits)
-        vb = self.value_bits
-        if not (vb == self.bits or (self.bits == 8 and vb in _VALUE_RANGES and not self.has_offsets)):
+        vb, g, off, half = self.value_bits, self.group_size, int(self.has_offsets), int(self.half_scales)
+        lib = self.library.lib
+        if not ((vb == self.bits or (self.bits == 8 and vb in (5, 6))) and lib.qg_has_layout(vb, g, off, half)):
+            offsets = " with offsets" if off else ""
             raise ConfigError(
-                f"CpuQuantWeight: no {vb}-bit layout for {self.bits}-bit values"
-                + (" with offsets" if self.has_offsets else "")
+                f"CpuQuantWeight: no {self.layout} layout for {self.bits}-bit values{offsets}, groups of {g}"
             )
         n, k = self.shape
-        lib = self.library.lib
-        want = lib.qg_packed_bytes(n, k, vb, self.group_size, int(self.has_offsets), int(self.half_scales))
+        want = lib.qg_packed_bytes(n, k, vb, g, off, half)
         if self.data.numel() != want or self.data.device.type != "cpu":
             raise ConfigError(f"CpuQuantWeight: {self.data.numel()} bytes of data, the layout needs {want} on the CPU")
         object.__setattr__(self, "data_ptr", self.data.data_ptr())
@@ -310,14 +320,31 @@ def _fits(value_range: tuple[int, int], value_bits: int) -> bool:
     return lo <= value_range[0] and value_range[1] <= hi
 
 
-def choose_layout(weight: QuantizedWeight) -> tuple[int, bool]:
-    """``(value_bits, half_scales)``: the most compact lossless layout :func:`pack` uses for ``weight``
-    (see :class:`CpuQuantWeight`)."""
-    half = _fp16_exact(weight.scales) and (weight.offsets is None or _fp16_exact(weight.offsets))
-    if weight.bits == 4 or weight.offsets is not None:
-        return weight.bits, half
-    value_range = _value_range(weight.qweight)
-    return next((vb for vb in COMPACT_VALUE_BITS if _fits(value_range, vb)), 8), half
+def _has_layout(lib: _Library, weight: QuantizedWeight, value_bits: int, half: bool) -> bool:
+    return bool(lib.lib.qg_has_layout(value_bits, weight.group_size, int(weight.offsets is not None), int(half)))
+
+
+def _scales_fp16_exact(weight: QuantizedWeight) -> bool:
+    return _fp16_exact(weight.scales) and (weight.offsets is None or _fp16_exact(weight.offsets))
+
+
+def choose_layout(weight: QuantizedWeight, library: _Library | None = None) -> tuple[int, bool]:
+    """``(value_bits, half_scales)``: the layout :func:`pack` uses for ``weight`` (see
+    :class:`CpuQuantWeight`): the narrowest values of :data:`COMPACT_VALUE_BITS` that hold every
+    value, float16 scales with the value widths of :data:`HALF_SCALE_VALUE_BITS` when every scale
+    is exactly a float16 (and the library has such kernels). Raises CpuKernelUnavailable like
+    :func:`pack`."""
+    lib = library or load()
+    value_bits = weight.bits
+    if weight.bits == 8 and weight.offsets is None:
+        value_range = _value_range(weight.qweight)
+        value_bits = next((vb for vb in COMPACT_VALUE_BITS if _fits(value_range, vb)), 8)
+    half = (
+        value_bits in HALF_SCALE_VALUE_BITS
+        and _has_layout(lib, weight, value_bits, True)
+        and _scales_fp16_exact(weight)
+    )
+    return value_bits, half
 
 
 def pack(
@@ -341,7 +368,7 @@ def pack(
     scales = weight.scales.contiguous()
     offsets = None if weight.offsets is None else weight.offsets.contiguous()
     has_off = offsets is not None
-    auto_bits, auto_half = choose_layout(weight) if value_bits is None or half_scales is None else (0, False)
+    auto_bits, auto_half = choose_layout(weight, lib) if value_bits is None or half_scales is None else (0, False)
     vb = auto_bits if value_bits is None else value_bits
     half = auto_half if half_scales is None else half_scales
     if value_bits is not None and value_bits != weight.bits:
@@ -349,7 +376,9 @@ def pack(
             raise ConfigError(f"cpu_quant.pack: no {value_bits}-bit layout for this {weight.bits}-bit weight")
         if not _fits(_value_range(q), value_bits):
             raise ConfigError(f"cpu_quant.pack: the weight has values outside {_VALUE_RANGES[value_bits]}")
-    if half_scales and not (_fp16_exact(scales) and (offsets is None or _fp16_exact(offsets))):
+    if half_scales and not _has_layout(lib, weight, vb, True):
+        raise ConfigError(f"cpu_quant.pack: no float16-scale layout for q{vb} values in groups of {weight.group_size}")
+    if half_scales and not _scales_fp16_exact(weight):
         raise ConfigError("cpu_quant.pack: the scales or offsets are not all exactly float16")
     if half:
         scales = scales.half()
@@ -453,6 +482,8 @@ def quant_linear(
 
 
 __all__ = [
+    "COMPACT_VALUE_BITS",
+    "HALF_SCALE_VALUE_BITS",
     "CpuKernelUnavailable",
     "CpuQuantWeight",
     "available",

@@ -361,15 +361,13 @@ void expand_tile(const uint8_t* tile, uint8_t* out, int64_t nb, bool half) {
     }
 }
 
-// VB: stored value width (8, 4, 5, 6); half: float16 scales and offsets (a branch per block:
-// one template for both keeps the build time down)
-template <int MR, int VB, bool OFF, int BS>
-void tile_kernel(const uint8_t* tile, const uint8_t* pf, const Act& a, int64_t m0, int64_t n0, const Out& o,
-                 bool half) {
+// VB: stored value width (8, 4, 5, 6); HALF: float16 scales and offsets
+template <int MR, int VB, bool OFF, bool HALF, int BS>
+void tile_kernel(const uint8_t* tile, const uint8_t* pf, const Act& a, int64_t m0, int64_t n0, const Out& o) {
     constexpr int ND = BS / 4;  // 4-byte activation words per block
     constexpr int64_t WB = TW * BS * VB / 8;
-    const int64_t SB = TW * (half ? 2 : 4);
-    const int64_t STRIDE = WB + SB * (OFF ? 2 : 1);
+    constexpr int64_t SB = TW * (HALF ? 2 : 4);
+    constexpr int64_t STRIDE = WB + SB * (OFF ? 2 : 1);
     const int64_t nb = a.nb;
     __m512 acc[MR];
     #pragma GCC unroll 16
@@ -388,7 +386,7 @@ void tile_kernel(const uint8_t* tile, const uint8_t* pf, const Act& a, int64_t m
         __m512i w[ND];
         load_block<VB, BS>(p, w);
         __m512 sw, ow = _mm512_setzero_ps();
-        if (half) {
+        if (HALF) {
             sw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(p + WB)));
             if (OFF) ow = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(p + WB + SB)));
         } else {
@@ -530,14 +528,13 @@ void expand_tile(const uint8_t* tile, uint8_t* out, int64_t nb, bool half) {
     }
 }
 
-template <int MR, int VB, bool OFF, int BS>
-void tile_kernel(const uint8_t* tile, const uint8_t* pf, const Act& a, int64_t m0, int64_t n0, const Out& o,
-                 bool half) {
+template <int MR, int VB, bool OFF, bool HALF, int BS>
+void tile_kernel(const uint8_t* tile, const uint8_t* pf, const Act& a, int64_t m0, int64_t n0, const Out& o) {
     constexpr int ND = BS / 4;
     constexpr int HB = VB == 5 ? 1 : VB == 6 ? 2 : 0;
     constexpr int64_t WB = TW * BS * VB / 8;
-    const int64_t SB = TW * (half ? 2 : 4);
-    const int64_t STRIDE = WB + SB * (OFF ? 2 : 1);
+    constexpr int64_t SB = TW * (HALF ? 2 : 4);
+    constexpr int64_t STRIDE = WB + SB * (OFF ? 2 : 1);
     const int64_t nb = a.nb;
     __m256 acc[MR];
     #pragma GCC unroll 16
@@ -607,7 +604,7 @@ void tile_kernel(const uint8_t* tile, const uint8_t* pf, const Act& a, int64_t m
             }
         }
         __m256 sw, ow = _mm256_setzero_ps();
-        if (half) {
+        if (HALF) {
             sw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + WB)));
             if (OFF) ow = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(p + WB + SB)));
         } else {
@@ -681,13 +678,12 @@ void expand_tile(const uint8_t* tile, uint8_t* out, int64_t nb, bool half) {
     }
 }
 
-template <int MR, int VB, bool OFF, int BS>
-void tile_kernel(const uint8_t* tile, const uint8_t* pf, const Act& a, int64_t m0, int64_t n0, const Out& o,
-                 bool half) {
+template <int MR, int VB, bool OFF, bool HALF, int BS>
+void tile_kernel(const uint8_t* tile, const uint8_t* pf, const Act& a, int64_t m0, int64_t n0, const Out& o) {
     (void)pf;
     constexpr int64_t WB = TW * BS * VB / 8;
-    const int64_t SB = TW * (half ? 2 : 4);
-    const int64_t STRIDE = WB + SB * (OFF ? 2 : 1);
+    constexpr int64_t SB = TW * (HALF ? 2 : 4);
+    constexpr int64_t STRIDE = WB + SB * (OFF ? 2 : 1);
     const int64_t nb = a.nb;
     float acc[MR][TW];
     #pragma GCC unroll 16
@@ -698,7 +694,7 @@ void tile_kernel(const uint8_t* tile, const uint8_t* pf, const Act& a, int64_t m
         const uint8_t* p = tile + b * STRIDE;
         float sw[TW], ow[TW];
         for (int j = 0; j < TW; j++) {
-            if (half) {
+            if (HALF) {
                 sw[j] = f16_to_f32(((const uint16_t*)(p + WB))[j]);
                 ow[j] = OFF ? f16_to_f32(((const uint16_t*)(p + WB + SB))[j]) : 0.0f;
             } else {
@@ -753,38 +749,43 @@ void quant_rows(const void* x, int x_bf16, int64_t ldx, int64_t m0, int64_t m1, 
     }
 }
 
-using KernelFn = void (*)(const uint8_t*, const uint8_t*, const Act&, int64_t, int64_t, const Out&, bool);
+using KernelFn = void (*)(const uint8_t*, const uint8_t*, const Act&, int64_t, int64_t, const Out&);
 
-template <int VB, bool OFF, int BS, int MR>
+template <int VB, bool OFF, bool HALF, int BS, int MR>
 void fill_table(KernelFn* table) {
-    table[MR] = &tile_kernel<MR, VB, OFF, BS>;
-    if constexpr (MR > 1) fill_table<VB, OFF, BS, MR - 1>(table);
+    table[MR] = &tile_kernel<MR, VB, OFF, HALF, BS>;
+    if constexpr (MR > 1) fill_table<VB, OFF, HALF, BS, MR - 1>(table);
 }
 
-template <int VB, bool OFF, int BS>
+template <int VB, bool OFF, bool HALF, int BS>
 const KernelFn* kernel_table() {
     static KernelFn table[MRMAX + 1] = {nullptr};
-    static bool filled = (fill_table<VB, OFF, BS, MRMAX>(table), true);
+    static bool filled = (fill_table<VB, OFF, HALF, BS, MRMAX>(table), true);
     (void)filled;
     return table;
 }
 
+// The layouts with kernels: 5- and 6-bit values without offsets only (GGUF Q5_0, Q6_K), float16
+// scales with blocks of 32 only (groups >= 32: Q8_0, Q5_0, Q4_0); kernels for every combination
+// would take half as long again to build.
+inline bool valid_layout(int vbits, int has_off, int half, int bs) {
+    const bool values = vbits == 4 || vbits == 8 || ((vbits == 5 || vbits == 6) && !has_off);
+    return values && (bs == 16 || bs == 32) && (!half || bs == 32);
+}
+
 template <int VB, bool OFF>
-const KernelFn* kernels_for(int bs) {
-    return bs == 32 ? kernel_table<VB, OFF, 32>() : kernel_table<VB, OFF, 16>();
+const KernelFn* kernels_for(int half, int bs) {
+    if (bs == 16) return kernel_table<VB, OFF, false, 16>();
+    return half ? kernel_table<VB, OFF, true, 32>() : kernel_table<VB, OFF, false, 32>();
 }
 
-// The compact widths 5 and 6 exist without offsets only (GGUF Q5_0, Q6_K; fewer kernels to build)
-inline bool valid_layout(int vbits, int has_off) {
-    return vbits == 4 || vbits == 8 || ((vbits == 5 || vbits == 6) && !has_off);
-}
-
-const KernelFn* select_kernels(int vbits, int has_off, int bs) {
+// (a valid layout)
+const KernelFn* select_kernels(int vbits, int has_off, int half, int bs) {
     switch (vbits) {
-        case 4: return has_off ? kernels_for<4, true>(bs) : kernels_for<4, false>(bs);
-        case 5: return kernels_for<5, false>(bs);
-        case 6: return kernels_for<6, false>(bs);
-        default: return has_off ? kernels_for<8, true>(bs) : kernels_for<8, false>(bs);
+        case 4: return has_off ? kernels_for<4, true>(half, bs) : kernels_for<4, false>(half, bs);
+        case 5: return kernels_for<5, false>(half, bs);
+        case 6: return kernels_for<6, false>(half, bs);
+        default: return has_off ? kernels_for<8, true>(half, bs) : kernels_for<8, false>(half, bs);
     }
 }
 
@@ -829,7 +830,12 @@ int qg_advise_hugepages(void* ptr, int64_t bytes) {
 }
 
 // vbits: the stored value width (4 for bits-4 weights; 8, or 5 / 6 when every value fits, for
-// bits-8 weights); half: scales and offsets stored as float16.
+// bits-8 weights); half: scales and offsets stored as float16. qg_has_layout: 1 when the library
+// has kernels for the layout (qg_pack and qg_linear reject the others).
+int qg_has_layout(int vbits, int group, int has_off, int half) {
+    return group >= 16 && !(group & (group - 1)) && valid_layout(vbits, has_off, half, block_size(group));
+}
+
 int64_t qg_packed_bytes(int64_t N, int64_t K, int vbits, int group, int has_off, int half) {
     const int bs = block_size(group);
     const int64_t tiles = (N + TW - 1) / TW;
@@ -842,8 +848,8 @@ int64_t qg_packed_bytes(int64_t N, int64_t K, int vbits, int group, int has_off,
 int qg_pack(const void* q, int bits, const void* scales, const void* offsets, int64_t N, int64_t K, int group,
             int vbits, int half, uint8_t* out, int nthreads) {
     if ((bits != 4 && bits != 8) || group < 16 || (group & (group - 1)) || K % group || N < 0) return -1;
-    if (!valid_layout(vbits, offsets != nullptr) || (bits == 4) != (vbits == 4)) return -1;
     const int bs = block_size(group);
+    if (!valid_layout(vbits, offsets != nullptr, half, bs) || (bits == 4) != (vbits == 4)) return -1;
     const int64_t nb = K / bs, ng = K / group;
     const int has_off = offsets != nullptr;
     const int64_t stride = block_stride(vbits, bs, has_off, half);
@@ -930,11 +936,10 @@ int qg_pack(const void* q, int bits, const void* scales, const void* offsets, in
 int qg_linear(const void* x, int x_bf16, int64_t ldx, int64_t M, int64_t K, const uint8_t* packed, int64_t N,
               int vbits, int group, int has_off, int half, const void* bias, int bias_bf16, void* y, int y_bf16,
               int64_t ldy, int nthreads) {
-    if (!valid_layout(vbits, has_off) || group < 16 || (group & (group - 1)) || K <= 0 || K % group || M < 0 ||
-        N < 0)
-        return -1;
-    if (M == 0 || N == 0) return 0;
+    if (group < 16 || (group & (group - 1)) || K <= 0 || K % group || M < 0 || N < 0) return -1;
     const int bs = block_size(group);
+    if (!valid_layout(vbits, has_off, half, bs)) return -1;
+    if (M == 0 || N == 0) return 0;
     const int64_t nb = K / bs;
     int8_t* qa = (int8_t*)aligned_buffer((size_t)(M * K));
     float* sa = (float*)aligned_buffer((size_t)(M * nb) * 4);
@@ -947,12 +952,12 @@ int qg_linear(const void* x, int x_bf16, int64_t ldx, int64_t M, int64_t K, cons
     const int32_t cmul = vbits == 5 ? -16 : vbits == 6 ? -32 : -128;
     const Act act{qa, sa, ca, soa, K, nb, cmul};
     const Out out{y, ldy, y_bf16, bias, bias_bf16, N};
-    const KernelFn* kernels = select_kernels(vbits, has_off, bs);
+    const KernelFn* kernels = select_kernels(vbits, has_off, half, bs);
     const int64_t stride = block_stride(vbits, bs, has_off, half);
     const int64_t tile_bytes = nb * stride;
     // compact tiles swept by many rows: expanded once per thread (EXPAND_MIN_ROWS)
     const ExpandFn expand = select_expand(vbits, bs);
-    const KernelFn* kernels8 = expand ? select_kernels(8, 0, bs) : nullptr;
+    const KernelFn* kernels8 = expand ? select_kernels(8, 0, 0, bs) : nullptr;
     const int64_t tile_bytes8 = nb * block_stride(8, bs, 0, 0);
     const int64_t tiles = (N + TW - 1) / TW;
     // cache blocking for many rows: a few tiles' weights (<= ~192 KiB) stay in L2 while
@@ -1002,7 +1007,7 @@ int qg_linear(const void* x, int x_bf16, int64_t ldx, int64_t M, int64_t K, cons
                     for (int64_t m0 = mc; m0 < mc1; m0 += MRMAX) {
                         const int64_t mr = mc1 - m0 < MRMAX ? mc1 - m0 : MRMAX;
                         const uint8_t* pf = next && m0 == mc ? tile + tile_bytes : nullptr;
-                        kernels8[mr](tile8, pf, act, m0, t * TW, out, false);
+                        kernels8[mr](tile8, pf, act, m0, t * TW, out);
                     }
                     if (t + 1 == tb1) expanded = tb;
                     continue;
@@ -1010,12 +1015,11 @@ int qg_linear(const void* x, int x_bf16, int64_t ldx, int64_t M, int64_t K, cons
                 // software prefetch a fixed distance ahead (not past the matrix) from 2 rows on:
                 // the hardware prefetchers alone leave memory and compute poorly overlapped once a
                 // block carries a few rows of work, but stream one row best by themselves
-                static const bool pf1 = getenv("QG_PF1") != nullptr; static const int64_t pfb = getenv("QG_PFB") ? atoll(getenv("QG_PFB")) : PREFETCH_BYTES;
-                const bool prefetch = (M > 1 || pf1) && (tiles - t - 1) * tile_bytes >= pfb;
-                const uint8_t* pf = prefetch ? tile + pfb : nullptr;
+                const bool prefetch = M > 1 && (tiles - t - 1) * tile_bytes >= PREFETCH_BYTES;
+                const uint8_t* pf = prefetch ? tile + PREFETCH_BYTES : nullptr;
                 for (int64_t m0 = mc; m0 < mc1; m0 += MRMAX) {
                     const int64_t mr = mc1 - m0 < MRMAX ? mc1 - m0 : MRMAX;
-                    kernels[mr](tile, pf, act, m0, t * TW, out, half != 0);
+                    kernels[mr](tile, pf, act, m0, t * TW, out);
                 }
             }
         }
