@@ -337,17 +337,22 @@ def _isa_flags(march: str) -> tuple[str, ...]:
 @pytest.mark.parametrize("march,isa", [("x86-64-v3", "avx2"), ("x86-64", "scalar")])
 def test_portable_paths_match_native(lib, march: str, isa: str) -> None:
     """The AVX2 and scalar builds give the same bits as the native one (same integer sums,
-    same float32 operation order)."""
+    same float32 operation order), in every layout: int8, 4-bit, 5- and 6-bit values, float16
+    scales (and offsets)."""
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         pytest.skip("needs an x86-64 CPU with AVX2")
     other = cpu_quant.load(_isa_flags(march))
     assert other.isa == isa
     gen = torch.Generator().manual_seed(5)
     cases = ((8, 32, False), (4, 32, True), (8, 16, True), (4, 16, False), (5, 32, False), (6, 16, False))
-    for bits, group, offsets in cases:
+    for bits, group, offsets, half in [(*c, None) for c in cases] + [(8, 32, True, True), (4, 32, True, True)]:
         qw = make_weight(136, 896, bits, group, offsets, gen)
+        if half:
+            exact = [t.half().float() for t in (qw.scales, qw.offsets)]
+            qw = QuantizedWeight(qw.qweight, exact[0], exact[1], qw.bits, group)
         bias = torch.randn(136, generator=gen)
-        packed, packed_other = cpu_quant.pack(qw), cpu_quant.pack(qw, other)
+        packed = cpu_quant.pack(qw, half_scales=half)
+        packed_other = cpu_quant.pack(qw, other, half_scales=half)
         assert packed_other.layout == packed.layout
         for dtype in (torch.float32, torch.bfloat16):
             for m in (3, 17, 90):  # 90 rows: 5-bit tiles expanded before their sweeps
@@ -356,7 +361,7 @@ def test_portable_paths_match_native(lib, march: str, isa: str) -> None:
                 x[1, 5] = float("-inf")
                 want = cpu_quant.linear(x, packed, bias)
                 got = cpu_quant.linear(x, packed_other, bias)
-                msg = str((bits, group, offsets, m))
+                msg = str((bits, group, offsets, m, packed.layout))
                 torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True, msg=msg)
 
 
