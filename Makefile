@@ -37,3 +37,5 @@ gpu-check: setup
 
 lint: setup
 	$(VENV)/bin/ruff check tritonlm tests benches
+	$(VENV)/bin/ruff format --check tritonlm tests benches
+	$(VENV)/bin/mypy

@@ -2,7 +2,7 @@
 figures for xgrammar, llguidance and outlines-core when they are installed (optional,
 bench-only dependencies, imported lazily).
 
-Workload: the ten schemas of ``tests/constraints_support/schemas.py`` and their example
+Workload: the ten schemas of ``tests/constraints/support/schemas.py`` and their example
 instances, serialized compactly and tokenized with the real tokenizer. Per engine:
 
 * compile time per schema (per-tokenizer precomputation done beforehand, grammar caches
@@ -33,7 +33,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.constraints_support.schemas import SCHEMAS
+from tests.constraints.support.schemas import SCHEMAS
 
 VOCAB_SIZE = 151936
 
@@ -55,8 +55,11 @@ class EngineResult:
                 return "n/a"
             return f"{statistics.median(xs):.3f} / {np.percentile(xs, 99):.3f} / {max(xs):.2f}"
 
-        comp = f"{statistics.median(self.compile_s) * 1000:.1f} / {max(self.compile_s) * 1000:.0f}" \
-            if self.compile_s else "n/a"
+        comp = (
+            f"{statistics.median(self.compile_s) * 1000:.1f} / {max(self.compile_s) * 1000:.0f}"
+            if self.compile_s
+            else "n/a"
+        )
         notes = [f"rejected {len(self.rejected)}/{self.instances} valid instances"] if self.rejected else []
         if self.rejected:
             notes.append("(" + ", ".join(self.rejected[:6]) + ("..." if len(self.rejected) > 6 else "") + ")")
@@ -129,13 +132,17 @@ class XGrammar(Engine):
         self.xgr = xgr
         info = xgr.TokenizerInfo(
             [b if i not in tokenizer.special_token_ids else b"" for i, b in enumerate(tokenizer.token_bytes)],
-            xgr.VocabType.RAW, vocab_size=VOCAB_SIZE, stop_token_ids=list(tokenizer.eos_token_ids))
+            xgr.VocabType.RAW,
+            vocab_size=VOCAB_SIZE,
+            stop_token_ids=list(tokenizer.eos_token_ids),
+        )
         self.compiler = xgr.GrammarCompiler(info, cache_enabled=False)
         self.version = importlib.metadata.version("xgrammar")
 
     def compile(self, schema: dict) -> Any:
-        return self.compiler.compile_json_schema(json.dumps(schema), any_whitespace=False, strict_mode=False,
-                                                 any_order=True, separators=(",", ":"))
+        return self.compiler.compile_json_schema(
+            json.dumps(schema), any_whitespace=False, strict_mode=False, any_order=True, separators=(",", ":")
+        )
 
     def start(self, grammar: Any) -> Any:
         return self.xgr.GrammarMatcher(grammar)
@@ -164,13 +171,15 @@ class LLGuidance(Engine):
 
         self.ll = llguidance
         self.lln = lln
-        self.tok = llguidance.LLTokenizer(tokenizer.backend.to_str(), n_vocab=VOCAB_SIZE,
-                                          eos_token=tokenizer.eos_token_ids[0])
+        self.tok = llguidance.LLTokenizer(
+            tokenizer.backend.to_str(), n_vocab=VOCAB_SIZE, eos_token=tokenizer.eos_token_ids[0]
+        )
         self.version = importlib.metadata.version("llguidance")
 
     def compile(self, schema: dict) -> Any:
         grammar = self.ll.LLMatcher.grammar_from_json_schema(
-            json.dumps(schema), defaults={"whitespace_flexible": False})
+            json.dumps(schema), defaults={"whitespace_flexible": False}
+        )
         m = self.ll.LLMatcher(self.tok, grammar)
         if m.is_error():
             raise RuntimeError(m.get_error())
@@ -288,8 +297,9 @@ def _isolated(engine: Engine, args: tuple, timeout_s: float) -> dict | None:
     return result
 
 
-def run_engine(engine: Engine, work: list[tuple[str, dict, list[list[int]]]], eos: int,
-               schema_timeout_s: float | None = None) -> EngineResult:
+def run_engine(
+    engine: Engine, work: list[tuple[str, dict, list[list[int]]]], eos: int, schema_timeout_s: float | None = None
+) -> EngineResult:
     res = EngineResult(engine.name, engine.version)
     for name, schema, token_lists in work:
         if schema_timeout_s is None:
@@ -357,8 +367,9 @@ def test_bench_engine(benchmark: Callable, tokenizer: Any, work: list, name: str
     engine = _engine(name, tokenizer)
     if name == "tritonlm":  # process-wide tables shared by every grammar (the "any string" DFA...)
         run_engine(engine, work[:1], tokenizer.eos_token_ids[0])
-    result = benchmark.pedantic(run_engine, args=(engine, work, tokenizer.eos_token_ids[0], SCHEMA_TIMEOUT_S.get(name)),
-                                rounds=1, iterations=1)
+    result = benchmark.pedantic(
+        run_engine, args=(engine, work, tokenizer.eos_token_ids[0], SCHEMA_TIMEOUT_S.get(name)), rounds=1, iterations=1
+    )
     benchmark.extra_info.update(
         compile_median_ms=statistics.median(result.compile_s) * 1000 if result.compile_s else None,
         cold_median_ms=statistics.median(result.cold_ms) if result.cold_ms else None,

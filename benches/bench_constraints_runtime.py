@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from tests.constraints_support.schemas import SCHEMAS
+from tests.constraints.support.schemas import SCHEMAS
 
 FORCED_SCHEMA = {
     "type": "object",
@@ -22,9 +22,13 @@ FORCED_SCHEMA = {
         "is_pure_function": {"type": "boolean"},
         "expected_complexity_in_big_o_notation": {"enum": ["O(1)"]},
     },
-    "required": ["license_identifier_of_the_generated_module", "programming_language_of_the_implementation",
-                 "function_signature_as_written_in_the_source", "is_pure_function",
-                 "expected_complexity_in_big_o_notation"],
+    "required": [
+        "license_identifier_of_the_generated_module",
+        "programming_language_of_the_implementation",
+        "function_signature_as_written_in_the_source",
+        "is_pure_function",
+        "expected_complexity_in_big_o_notation",
+    ],
     "additionalProperties": False,
 }
 PROMPT = [{"role": "user", "content": "Describe a Python function that adds two numbers, as JSON."}]
@@ -66,8 +70,7 @@ def test_constrained_vs_unconstrained_tokens_per_s(benchmark, llm):
     constrained = sorted(constrained_rates)[len(constrained_rates) // 2]
     ratio = constrained / free
     benchmark.extra_info.update(free_tok_per_s=free, constrained_tok_per_s=constrained, ratio=ratio)
-    print(f"\nfree {free:.2f} tok/s, constrained {constrained:.2f} tok/s (median of {len(schemas)}), "
-          f"ratio {ratio:.2f}")
+    print(f"\nfree {free:.2f} tok/s, constrained {constrained:.2f} tok/s (median of {len(schemas)}), ratio {ratio:.2f}")
     assert ratio >= 0.9
 
 
@@ -77,16 +80,20 @@ def test_jump_forward_beats_unconstrained_on_forced_runs(benchmark, llm):
     results = {}
 
     def run() -> None:
-        results["free"] = [_rate(llm, SamplingParams(temperature=0, max_tokens=64, ignore_eos=True))[0]
-                           for _ in range(2)]
-        results["forced"] = [_rate(llm, SamplingParams(temperature=0, max_tokens=200, json_schema=FORCED_SCHEMA))
-                             for _ in range(2)]
+        results["free"] = [
+            _rate(llm, SamplingParams(temperature=0, max_tokens=64, ignore_eos=True))[0] for _ in range(2)
+        ]
+        results["forced"] = [
+            _rate(llm, SamplingParams(temperature=0, max_tokens=200, json_schema=FORCED_SCHEMA)) for _ in range(2)
+        ]
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     free = max(results["free"])
     forced = max(r[0] for r in results["forced"])
     json.loads(results["forced"][0][2])
     benchmark.extra_info.update(free_tok_per_s=free, jump_forward_tok_per_s=forced, ratio=forced / free)
-    print(f"\nfree {free:.2f} tok/s, constrained with jump-forward {forced:.2f} tok/s "
-          f"({results['forced'][0][1]} tokens), ratio {forced / free:.2f}")
+    print(
+        f"\nfree {free:.2f} tok/s, constrained with jump-forward {forced:.2f} tok/s "
+        f"({results['forced'][0][1]} tokens), ratio {forced / free:.2f}"
+    )
     assert forced > free

@@ -198,13 +198,15 @@ def react_task(lm: dspy.LM, adapter: dspy.Adapter) -> list[dict[str, Any]]:
         trajectory = pred.trajectory
         steps = sorted((k for k in trajectory if k.startswith("tool_name_")), key=lambda k: int(k.rsplit("_", 1)[1]))
         calls = [(trajectory[k], trajectory[k.replace("tool_name_", "tool_args_")]) for k in steps]
-        results.append({
-            "question": f"{count} {item}s",
-            "answer": pred.answer,
-            "expected": count * PRICES[item],
-            "calls": calls,
-            "all_valid": all(name in ("calculator", "lookup_price", "finish") for name, _ in calls),
-        })
+        results.append(
+            {
+                "question": f"{count} {item}s",
+                "answer": pred.answer,
+                "expected": count * PRICES[item],
+                "calls": calls,
+                "all_valid": all(name in ("calculator", "lookup_price", "finish") for name, _ in calls),
+            }
+        )
     return results
 
 

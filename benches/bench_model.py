@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from tritonlm.model.simple import ContiguousSequence, greedy_tokens_no_cache
+from tests.model.simple import ContiguousSequence, greedy_tokens_no_cache
 
 PROMPT = [{"role": "user", "content": "Write a Python function that merges two sorted lists."}]
 

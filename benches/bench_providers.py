@@ -8,7 +8,7 @@ Gates:
 * adapter overhead per call, generation excluded, < 1 ms (a provider that answers instantly);
 * 8 concurrent ``await adapter(...)`` calls >= 3x faster than 8 sequential ones (LocalProvider on
   the default model, ratio measured in one run);
-* the 10 Rust specs of ``tests/providers_support/rust_specs.py`` on the default model: 10/10
+* the 10 Rust specs of ``tests/providers/support/rust_specs.py`` on the default model: 10/10
   answers validate against the schema, >= 8/10 compile with rustc within the retry budget.
 """
 
@@ -25,8 +25,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.providers_support.fakes import ScriptedProvider
-from tests.providers_support.rust_specs import RUST_SPECS
+from tests.providers.support.fakes import ScriptedProvider
+from tests.providers.support.rust_specs import RUST_SPECS
 from tritonlm.providers import (
     LocalProvider,
     ProviderAdapter,
@@ -173,8 +173,11 @@ def rust_table(results: list[RustGenerationResult]) -> str:
     ]
     for result in results:
         first_error = next((e for e in map(_first_error, result.attempts) if e), "")
-        fixes = sum(a.num_fixes for a in result.attempts if a.compiled) if result.compiled else \
-            sum(a.num_fixes for a in result.attempts)
+        fixes = (
+            sum(a.num_fixes for a in result.attempts if a.compiled)
+            if result.compiled
+            else sum(a.num_fixes for a in result.attempts)
+        )
         rows.append(
             f"| {result.spec.name} | {'yes' if result.schema_valid else 'no'} | {'yes' if result.compiled else 'no'} "
             f"| {'yes' if result.compiled_as_generated else 'no'} | {result.num_rounds} | {fixes} "

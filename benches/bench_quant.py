@@ -64,7 +64,7 @@ def prompts(tokenizer: Any, count: int, length: int) -> list[list[int]]:
 
 # ---- accuracy -------------------------------------------------------------------------------
 def perplexity(model: Any, ids: list[int], chunk: int = 256) -> float:
-    from tritonlm.model.simple import ContiguousSequence
+    from tests.model.simple import ContiguousSequence
 
     seq = ContiguousSequence(model, len(ids))
     nll, count = 0.0, 0
@@ -80,8 +80,8 @@ def perplexity(model: Any, ids: list[int], chunk: int = 256) -> float:
 
 def accuracy(threads: int, activations: str = "auto") -> dict[str, Any]:
     """Quantized (``dtype=activations``; auto = float32 on the CPU) against the dequantized GGUF in float32."""
+    from tests.model.simple import greedy_tokens
     from tritonlm.model.loader import load_model
-    from tritonlm.model.simple import greedy_tokens
 
     torch.set_num_threads(threads)
     quantized = load_model("default", dtype=activations)

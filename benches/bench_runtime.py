@@ -214,8 +214,9 @@ def main() -> None:
     rows = []
     for batch in (1, 4, 16, 32):
         ours, theirs, llama = [], [], []
-        prompt_ids = [loaded.tokenizer.encode(f"{PROMPT}# variant {i}\n", add_special_tokens=False)
-                      for i in range(batch)]
+        prompt_ids = [
+            loaded.tokenizer.encode(f"{PROMPT}# variant {i}\n", add_special_tokens=False) for i in range(batch)
+        ]
         for _ in range(repeats):
             ours.append(tritonlm_tokens_per_s(llm, batch, new_tokens))
             theirs.append(hf_tokens_per_s(hf, batch, new_tokens))

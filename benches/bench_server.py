@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from tests.server_support import running_server
+from tests.server.support import running_server
 
 MODEL = "default"
 N_CLIENTS = 64
@@ -31,8 +31,7 @@ PROMPTS = [
 def server(default_model_bf16):
     from tritonlm.runtime.llm import LLM
 
-    llm = LLM.from_loaded(default_model_bf16, max_num_seqs=N_CLIENTS, max_model_len=2048,
-                          max_num_batched_tokens=1024)
+    llm = LLM.from_loaded(default_model_bf16, max_num_seqs=N_CLIENTS, max_model_len=2048, max_num_batched_tokens=1024)
     with running_server(llm, MODEL) as url:
         yield url, llm
     llm.close()
@@ -41,10 +40,19 @@ def server(default_model_bf16):
 async def _client(http: httpx.AsyncClient, prompt: str) -> tuple[str, int, float]:
     start = time.perf_counter()
     parts, usage = [], 0
-    async with http.stream("POST", "/v1/chat/completions", json={
-        "model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": N_TOKENS,
-        "temperature": 0, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
-    }) as r:
+    async with http.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={
+            "model": MODEL,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": N_TOKENS,
+            "temperature": 0,
+            "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    ) as r:
         assert r.status_code == 200
         async for line in r.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -94,10 +102,13 @@ def test_64_streaming_clients_vs_one(benchmark, server):
     mismatched = sum(text != singles[PROMPTS[i % len(PROMPTS)]] for i, (text, _, _) in enumerate(results))
     aggregate = N_CLIENTS * N_TOKENS / elapsed
     ratio = aggregate / single_rate
-    benchmark.extra_info.update(single_tok_per_s=single_rate, aggregate_tok_per_s=aggregate, ratio=ratio,
-                                greedy_mismatches=mismatched)
-    print(f"\nserver: 1 client {single_rate:.1f} tok/s, {N_CLIENTS} clients {aggregate:.1f} tok/s "
-          f"aggregate, ratio {ratio:.1f}x, outputs differing from the single-client run: {mismatched}")
+    benchmark.extra_info.update(
+        single_tok_per_s=single_rate, aggregate_tok_per_s=aggregate, ratio=ratio, greedy_mismatches=mismatched
+    )
+    print(
+        f"\nserver: 1 client {single_rate:.1f} tok/s, {N_CLIENTS} clients {aggregate:.1f} tok/s "
+        f"aggregate, ratio {ratio:.1f}x, outputs differing from the single-client run: {mismatched}"
+    )
     assert ratio >= 6.0
 
 
@@ -105,10 +116,17 @@ def test_20_disconnecting_clients_leak_no_blocks(server):
     url, _ = server
 
     async def leave_early(http: httpx.AsyncClient, i: int) -> None:
-        async with http.stream("POST", "/v1/completions", json={
-            "model": MODEL, "prompt": f"Write a long story number {i}.", "max_tokens": 500, "stream": True,
-            "ignore_eos": True,
-        }) as r:
+        async with http.stream(
+            "POST",
+            "/v1/completions",
+            json={
+                "model": MODEL,
+                "prompt": f"Write a long story number {i}.",
+                "max_tokens": 500,
+                "stream": True,
+                "ignore_eos": True,
+            },
+        ) as r:
             n = 0
             async for line in r.aiter_lines():
                 if line.startswith("data: "):

@@ -33,7 +33,11 @@ SHAPES = {
 
 def kernel_tests(timeout: int = 150) -> dict:
     env = {**os.environ, "TRITON_INTERPRET": "0"}
-    files = ["tests/test_kernels.py", "tests/test_kernels_quant.py", "tests/test_kernels_model.py"]
+    files = [
+        "tests/kernels/test_kernels.py",
+        "tests/kernels/test_kernels_quant.py",
+        "tests/kernels/test_kernels_model.py",
+    ]
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", *files], cwd=ROOT, env=env, capture_output=True, text=True,

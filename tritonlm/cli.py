@@ -139,13 +139,22 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         from tritonlm.server import serve
     except ImportError as exc:
-        print(f"tritonlm: error: the server needs FastAPI and uvicorn: pip install 'tritonlm[serve]' ({exc})",
-              file=sys.stderr)
+        print(
+            f"tritonlm: error: the server needs FastAPI and uvicorn: pip install 'tritonlm[serve]' ({exc})",
+            file=sys.stderr,
+        )
         return 2
     from tritonlm import LLM
 
-    llm = LLM(model=args.model, dtype=args.dtype, device=args.device, backend=args.backend,
-              max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len, **_model_options(args))
+    llm = LLM(
+        model=args.model,
+        dtype=args.dtype,
+        device=args.device,
+        backend=args.backend,
+        max_num_seqs=args.max_num_seqs,
+        max_model_len=args.max_model_len,
+        **_model_options(args),
+    )
     try:
         serve(llm, args.served_model_name or args.model, host=args.host, port=args.port, log_level=args.log_level)
     finally:

@@ -243,7 +243,8 @@ def _schema_dict(schema: Any) -> Any:
     if isinstance(schema, (dict, bool)):
         return schema
     raise SchemaError(
-        f"schema must be a dict, a bool, a JSON string or a pydantic model class, got {type(schema).__name__}")
+        f"schema must be a dict, a bool, a JSON string or a pydantic model class, got {type(schema).__name__}"
+    )
 
 
 def compile_json_schema(

@@ -300,7 +300,8 @@ def _range_bits(lo: int, hi: int) -> int:
 
 
 _HEX_DIGIT_BITS = [
-    _bits([ord("0") + d]) if d < 10 else _bits([ord("a") + d - 10, ord("A") + d - 10]) for d in range(16)]
+    _bits([ord("0") + d]) if d < 10 else _bits([ord("a") + d - 10, ord("A") + d - 10]) for d in range(16)
+]
 _SHORT_ESCAPES = {0x22: b'"', 0x5C: b"\\", 0x2F: b"/", 0x08: b"b", 0x0C: b"f", 0x0A: b"n", 0x0D: b"r", 0x09: b"t"}
 ByteSeq = tuple[int, ...]
 
@@ -377,8 +378,12 @@ def json_char_seqs(cls: CharClass, escapes: str = "any") -> list[ByteSeq]:
             if cp != 0x2F and cc_contains(cls, cp):
                 seqs.append((backslash, _bits(ch)))
         controls = [iv for iv in cc_intersect(cls, ((0, 0x1F),))]
-        controls = [(lo, hi) for lo, hi in cc_normalize_raw(
-            (c, c) for lo, hi in controls for c in range(lo, hi + 1) if c not in _SHORT_ESCAPES)]
+        controls = [
+            (lo, hi)
+            for lo, hi in cc_normalize_raw(
+                (c, c) for lo, hi in controls for c in range(lo, hi + 1) if c not in _SHORT_ESCAPES
+            )
+        ]
         seqs.extend((backslash, _bits(b"u"), *s) for s in _hex_seqs(controls, 4))
         return seqs
     raw = cc_intersect(cls, cc_normalize([(0x20, 0x21), (0x23, 0x5B), (0x5D, MAX_CP)]))
@@ -579,8 +584,11 @@ def string_byte_dfa(
             key = (cls, t)
             if key not in chain_cache:
                 if cls not in seq_cache:
-                    seq_cache[cls] = json_char_seqs(cls, escapes) if json_string else [
-                        seq for lo, hi in cls for seq in _utf8_seqs(lo, hi)]
+                    seq_cache[cls] = (
+                        json_char_seqs(cls, escapes)
+                        if json_string
+                        else [seq for lo, hi in cls for seq in _utf8_seqs(lo, hi)]
+                    )
                 firsts = []
                 for seq in seq_cache[cls]:
                     nxt = base[t]

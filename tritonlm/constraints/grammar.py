@@ -341,8 +341,9 @@ class GrammarCore:
             m = ids_to_mask(self.walk(self.intern(frozenset([stack]))), self.info.vocab_size)
         elif isinstance(node, CountedStringNode):
             m = self.counted_mask(node, local, rest)
-        elif isinstance(node, KeyLeafNode) and node.decomposable and (
-                km := self.key_mask(node, local, rest)) is not None:
+        elif (
+            isinstance(node, KeyLeafNode) and node.decomposable and (km := self.key_mask(node, local, rest)) is not None
+        ):
             m = km
         elif isinstance(node, (LeafNode, NumberNode)):
             if isinstance(node, NumberNode):
@@ -424,8 +425,10 @@ class GrammarCore:
                 inside.extend(ti[ts[c] : ts[c + 1]])
                 if cs[c] != cs[c + 1]:
                     todo.append((c, nxt[0][1], d + 1))
-        result = (ids_to_mask(inside, self.info.vocab_size),
-                  [(0, suffix, np.array(ids, dtype=np.int64)) for suffix, ids in groups.items()])
+        result = (
+            ids_to_mask(inside, self.info.vocab_size),
+            [(0, suffix, np.array(ids, dtype=np.int64)) for suffix, ids in groups.items()],
+        )
         self.number_tables[key] = result
         return result
 
@@ -460,8 +463,10 @@ class GrammarCore:
                     good = first_ok[fk] = self.exit_viable(rest, label, suffix[:1])
                 if good and (len(suffix) == 1 or self.exit_viable(rest, label, suffix)):
                     ok.append((e_ids, e_chars))
-            viable = (np.concatenate([a for a, _ in ok]) if ok else np.zeros(0, np.int64),
-                      np.concatenate([b for _, b in ok]) if ok else np.zeros(0, np.int32))
+            viable = (
+                np.concatenate([a for a, _ in ok]) if ok else np.zeros(0, np.int64),
+                np.concatenate([b for _, b in ok]) if ok else np.zeros(0, np.int32),
+            )
             self.counted_exits[ekey] = viable
         e_ids, e_chars = viable
         if e_ids.size:
@@ -515,8 +520,10 @@ class GrammarCore:
                 g = groups.setdefault((lab, vocab[tid][p:]), ([], []))
                 g[0].append(tid)
                 g[1].append(n_ch)
-        exits = [(lab, suffix, np.array(a, dtype=np.int64), np.array(b, dtype=np.int32))
-                 for (lab, suffix), (a, b) in groups.items()]
+        exits = [
+            (lab, suffix, np.array(a, dtype=np.int64), np.array(b, dtype=np.int32))
+            for (lab, suffix), (a, b) in groups.items()
+        ]
         result = (ids, need, closed, exits)
         _LEAF_TABLES[key] = result
         return result
@@ -552,8 +559,13 @@ class GrammarCore:
         states = node.comp_states[q].tolist()
         any_c = node.comp_tags.index(("any",)) if ("any",) in node.comp_tags else -1
         result = None
-        if (any_c >= 0 and states[any_c] >= 0 and node.useful[any_c] and node.labels[q] < 0
-                and node.components[any_c].labels[states[any_c]] < 0):
+        if (
+            any_c >= 0
+            and states[any_c] >= 0
+            and node.useful[any_c]
+            and node.labels[q] < 0
+            and node.components[any_c].labels[states[any_c]] < 0
+        ):
             result = self._key_specials(node, states, any_c)
         self.key_tables[key] = result
         return result

@@ -353,8 +353,12 @@ class ObjectNode(Node):
                 close_ws = b"" if phase == O_OPEN else layout.newline(depth)
                 if opening_key and ws < len(member_ws) and member_ws[ws] == b:
                     out.append((STAY, (phase, seen, depth, ws + 1, -1)))
-                if closing and ws < len(close_ws) and close_ws[ws] == b and not (
-                        opening_key and member_ws[: ws + 1] == close_ws[: ws + 1]):
+                if (
+                    closing
+                    and ws < len(close_ws)
+                    and close_ws[ws] == b
+                    and not (opening_key and member_ws[: ws + 1] == close_ws[: ws + 1])
+                ):
                     out.append((STAY, (phase, seen, depth, ws + 1, -1)))
                 if opening_key and ws == len(member_ws) and b == 0x22:
                     leaf_alt, _ = self.key_leaf_for_seen(seen)
@@ -439,8 +443,12 @@ class ArrayNode(Node):
                 close_ws = b"" if phase == A_OPEN else layout.newline(depth)
                 if item is not None and ws < len(member_ws) and member_ws[ws] == b:
                     out.append((STAY, (phase, count, depth, ws + 1)))
-                if closing and ws < len(close_ws) and close_ws[ws] == b and not (
-                        item is not None and member_ws[: ws + 1] == close_ws[: ws + 1]):
+                if (
+                    closing
+                    and ws < len(close_ws)
+                    and close_ws[ws] == b
+                    and not (item is not None and member_ws[: ws + 1] == close_ws[: ws + 1])
+                ):
                     out.append((STAY, (phase, count, depth, ws + 1)))
                 if item is not None and ws == len(member_ws):
                     out.append((CALL, item, (A_ITEM_WAIT, count, depth, 0), depth + 1))

@@ -26,8 +26,17 @@ MAX_REPEAT = 1000
 
 DIGIT = cc_normalize([(0x30, 0x39)])
 WORD = cc_normalize([(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)])
-_SPACE_COMMON = [(0x09, 0x0D), (0x20, 0x20), (0xA0, 0xA0), (0x1680, 0x1680), (0x2000, 0x200A),
-                 (0x2028, 0x2029), (0x202F, 0x202F), (0x205F, 0x205F), (0x3000, 0x3000)]
+_SPACE_COMMON = [
+    (0x09, 0x0D),
+    (0x20, 0x20),
+    (0xA0, 0xA0),
+    (0x1680, 0x1680),
+    (0x2000, 0x200A),
+    (0x2028, 0x2029),
+    (0x202F, 0x202F),
+    (0x205F, 0x205F),
+    (0x3000, 0x3000),
+]
 SPACE = cc_normalize(_SPACE_COMMON)
 NOT_SPACE = cc_negate(cc_normalize([*_SPACE_COMMON, (0x1C, 0x1F), (0x85, 0x85), (0xFEFF, 0xFEFF)]))
 DOT = cc_negate(cc_normalize([(0x0A, 0x0A), (0x0D, 0x0D), (0x2028, 0x2029)]))
@@ -125,8 +134,11 @@ class _Parser:
             self.i += 1
             if self.p.startswith("?:", self.i):
                 self.i += 2
-            elif self.p.startswith("?<", self.i) and not self.p.startswith("?<=", self.i) \
-                    and not self.p.startswith("?<!", self.i):
+            elif (
+                self.p.startswith("?<", self.i)
+                and not self.p.startswith("?<=", self.i)
+                and not self.p.startswith("?<!", self.i)
+            ):
                 j = self.p.find(">", self.i)
                 if j < 0:
                     raise self.error("bad group name")

@@ -32,24 +32,80 @@ from .grammar import GrammarCore
 from .nodes import ArrayNode, CountedStringNode, KeyLeafNode, Layout, LeafNode, NumberNode, ObjectNode, RootNode
 from .regex import regex_nfa
 
-ANNOTATIONS = frozenset({
-    "title", "description", "examples", "default", "$comment", "deprecated", "readOnly", "writeOnly",
-    "$schema", "$id", "$anchor", "$defs", "definitions", "$vocabulary", "contentMediaType",
-    "contentEncoding", "contentSchema",
-})
-SUPPORTED = frozenset({
-    "type", "enum", "const", "allOf", "anyOf", "oneOf", "not", "$ref",
-    "minLength", "maxLength", "pattern", "format",
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-    "properties", "required", "additionalProperties", "patternProperties",
-    "items", "prefixItems", "additionalItems", "minItems", "maxItems", "uniqueItems",
-})
-KNOWN_UNSUPPORTED = frozenset({
-    "multipleOf", "propertyNames", "minProperties", "maxProperties", "dependentRequired",
-    "dependentSchemas", "dependencies", "unevaluatedProperties", "unevaluatedItems", "contains",
-    "minContains", "maxContains", "if", "then", "else", "$dynamicRef", "$dynamicAnchor",
-    "$recursiveRef", "$recursiveAnchor",
-})
+ANNOTATIONS = frozenset(
+    {
+        "title",
+        "description",
+        "examples",
+        "default",
+        "$comment",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+        "$schema",
+        "$id",
+        "$anchor",
+        "$defs",
+        "definitions",
+        "$vocabulary",
+        "contentMediaType",
+        "contentEncoding",
+        "contentSchema",
+    }
+)
+SUPPORTED = frozenset(
+    {
+        "type",
+        "enum",
+        "const",
+        "allOf",
+        "anyOf",
+        "oneOf",
+        "not",
+        "$ref",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "format",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "properties",
+        "required",
+        "additionalProperties",
+        "patternProperties",
+        "items",
+        "prefixItems",
+        "additionalItems",
+        "minItems",
+        "maxItems",
+        "uniqueItems",
+    }
+)
+KNOWN_UNSUPPORTED = frozenset(
+    {
+        "multipleOf",
+        "propertyNames",
+        "minProperties",
+        "maxProperties",
+        "dependentRequired",
+        "dependentSchemas",
+        "dependencies",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+        "contains",
+        "minContains",
+        "maxContains",
+        "if",
+        "then",
+        "else",
+        "$dynamicRef",
+        "$dynamicAnchor",
+        "$recursiveRef",
+        "$recursiveAnchor",
+    }
+)
 STRING_KW = ("minLength", "maxLength", "pattern", "format")
 NUMBER_KW = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 OBJECT_KW = ("properties", "required", "additionalProperties", "patternProperties")
@@ -59,12 +115,12 @@ TYPES = ("null", "boolean", "object", "array", "string", "integer", "number")
 FORMATS = {
     # years 0001-9999 (RFC 3339 allows 0000; Python's datetime, and so jsonschema's checker, does not)
     "date": r"^(?:[1-9]\d{3}|0[1-9]\d\d|00[1-9]\d|000[1-9])-"
-            r"(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\d|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]\d|30)"
-            r"|02-(?:0[1-9]|1\d|2[0-8]))$",
+    r"(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\d|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]\d|30)"
+    r"|02-(?:0[1-9]|1\d|2[0-8]))$",
     "time": r"^(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d+)?(?:[Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)$",
     "uuid": r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
     "email": r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-             r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$",
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*$",
     "ipv4": r"^(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$",
     "uri": r"^[A-Za-z][A-Za-z0-9+.-]*:(?:[A-Za-z0-9\-._~:/?#@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*$",
 }
@@ -162,7 +218,7 @@ class SchemaCompiler:
             raise _err("$ref", ptr, "must be a string")
         root_id = self.root.get("$id") if isinstance(self.root, dict) else None
         if isinstance(root_id, str) and ref.startswith(root_id.split("#")[0]) and root_id:
-            ref = ref[len(root_id.split("#")[0]):]
+            ref = ref[len(root_id.split("#")[0]) :]
         if not ref.startswith("#"):
             raise _err("$ref", ptr, f"only references inside the schema are supported, got {ref!r}")
         frag = ref[1:]
@@ -232,12 +288,16 @@ class SchemaCompiler:
         out = dict(a)
         handled: set[str] = set()
         if any(k in a for k in ("additionalProperties", "patternProperties")) or any(
-                k in b for k in ("additionalProperties", "patternProperties")):
+            k in b for k in ("additionalProperties", "patternProperties")
+        ):
             self._merge_objects(a, b, out, ptr)
             handled |= {"properties", "additionalProperties", "patternProperties"}
-        if any(k in a for k in ("prefixItems", "additionalItems")) or any(
-                k in b for k in ("prefixItems", "additionalItems")) or isinstance(
-                a.get("items"), list) or isinstance(b.get("items"), list):
+        if (
+            any(k in a for k in ("prefixItems", "additionalItems"))
+            or any(k in b for k in ("prefixItems", "additionalItems"))
+            or isinstance(a.get("items"), list)
+            or isinstance(b.get("items"), list)
+        ):
             self._merge_arrays(a, b, out, ptr)
             handled |= {"prefixItems", "items", "additionalItems"}
         for k, v in b.items():
@@ -483,7 +543,8 @@ class SchemaCompiler:
                     if self._key_side(y, name, ptr) is False:
                         return True
                     if name in y.get("required", []) and self._disjoint(
-                            self._key_side(x, name, ptr), self._key_side(y, name, ptr), ptr, depth + 1):
+                        self._key_side(x, name, ptr), self._key_side(y, name, ptr), ptr, depth + 1
+                    ):
                         return True
         if ka & kb <= {"integer", "number"}:
             lo_a, hi_a = self._num_bounds(a)
@@ -678,16 +739,25 @@ class SchemaCompiler:
 
     def compile_string(self, s: dict, ptr: str) -> int:
         pats = s.get("pattern", [])
-        key = ("str", tuple(pats) if isinstance(pats, list) else (pats,), s.get("format"), s.get("minLength", 0),
-               s.get("maxLength"))
+        key = (
+            "str",
+            tuple(pats) if isinstance(pats, list) else (pats,),
+            s.get("format"),
+            s.get("minLength", 0),
+            s.get("maxLength"),
+        )
         if key not in self.string_leaves and "pattern" not in s and "format" not in s:
             self.string_char_dfa(s, ptr)  # validates the length keywords
             hi = s.get("maxLength")
-            self.string_leaves[key] = self.core.node_alt(CountedStringNode(
-                self._any_key_dfa(), int(s.get("minLength", 0)), None if hi is None else int(hi)))
+            self.string_leaves[key] = self.core.node_alt(
+                CountedStringNode(self._any_key_dfa(), int(s.get("minLength", 0)), None if hi is None else int(hi))
+            )
         if key not in self.string_leaves:
-            shared_key = ("format", s.get("format"), self.escapes) if set(s) & {"pattern", "format", "minLength",
-                "maxLength"} == {"format"} and s.get("format") in FORMATS else None
+            shared_key = (
+                ("format", s.get("format"), self.escapes)
+                if set(s) & {"pattern", "format", "minLength", "maxLength"} == {"format"} and s.get("format") in FORMATS
+                else None
+            )
             bdfa = _SHARED_DFAS.get(shared_key) if shared_key else None
             if bdfa is None:
                 dfa = self.string_char_dfa(s, ptr)
@@ -752,7 +822,8 @@ class SchemaCompiler:
             sub = chosen[0] if len(chosen) == 1 else {"allOf": chosen}
             node.pattern_combo_alts[mask] = self.compile(sub, _ptr(ptr, "patternProperties"))
         node.additional_alt = (
-            None if additional is False else self.compile(additional, _ptr(ptr, "additionalProperties")))
+            None if additional is False else self.compile(additional, _ptr(ptr, "additionalProperties"))
+        )
         self._attach_key_leaves(node)
         return self.core.node_alt(node)
 
@@ -776,9 +847,13 @@ class SchemaCompiler:
                 comps.append(self._any_key_dfa())
                 tags.append(("any",))
             table, comp_states = am.product_table(comps)
-            accepting = np.stack([
-                np.where(comp_states[:, c] >= 0, np.asarray([*comps[c].labels, -1])[comp_states[:, c]], -1) >= 0
-                for c in range(len(comps))], axis=1)
+            accepting = np.stack(
+                [
+                    np.where(comp_states[:, c] >= 0, np.asarray([*comps[c].labels, -1])[comp_states[:, c]], -1) >= 0
+                    for c in range(len(comps))
+                ],
+                axis=1,
+            )
             shared.update(comps=comps, tags=tags, table=table, comp_states=comp_states, accepting=accepting)
 
         def key_leaf_for_seen(seen: int) -> tuple[int | None, list[tuple[int, int]]]:
@@ -820,9 +895,13 @@ class SchemaCompiler:
                 return label_of[outcome]
 
             accepting = shared["accepting"]
-            labels = np.array([
-                combine(frozenset(tags[c] for c in np.nonzero(row)[0].tolist())) if row.any() else -1
-                for row in accepting], dtype=np.int32)
+            labels = np.array(
+                [
+                    combine(frozenset(tags[c] for c in np.nonzero(row)[0].tolist())) if row.any() else -1
+                    for row in accepting
+                ],
+                dtype=np.int32,
+            )
             dfa = am.relabel(shared["table"], labels)
             if not outcomes or dfa.labels == [-1] * dfa.size or not (dfa.table[dfa.start] >= 0).any():
                 cache[seen] = (None, outcomes)

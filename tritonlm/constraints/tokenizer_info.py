@@ -151,7 +151,8 @@ class VocabIndex:
         self.cols = [col_flat[col_off[p] : col_off[p + 1]] for p in range(len(col_off) - 1)]
         # number of tokens starting with each byte (a cost estimate for trie walks)
         self.first_byte_counts: list[int] = (
-            np.bincount(self.cols[0], minlength=256).tolist() if self.cols else [0] * 256)
+            np.bincount(self.cols[0], minlength=256).tolist() if self.cols else [0] * 256
+        )
         self.arrays = arrays
 
     @staticmethod

@@ -231,10 +231,12 @@ def render_rust_source(spec: RustFunctionSpec, generation: dict[str, Any]) -> st
     # the signature comes from the spec, so the lifetimes it names are declared whatever the
     # model listed (an undeclared one cannot compile); the model's own come after
     signature = f"{spec.signature_params} {spec.return_type or ''}"
-    generics = list(dict.fromkeys(
-        [lt for lt in re.findall(r"'[A-Za-z_][A-Za-z0-9_]*", signature) if lt != "'static"]
-        + [lt.strip() for lt in generation["lifetimes"] if lt.strip()]
-    ))
+    generics = list(
+        dict.fromkeys(
+            [lt for lt in re.findall(r"'[A-Za-z_][A-Za-z0-9_]*", signature) if lt != "'static"]
+            + [lt.strip() for lt in generation["lifetimes"] if lt.strip()]
+        )
+    )
     for param in generation["generic_params"]:
         bounds = " + ".join(b.strip() for b in param["trait_bounds"] if b.strip())
         generics.append(f"{param['name']}: {bounds}" if bounds else param["name"])
@@ -591,8 +593,9 @@ class RustGenerator:
                 parts.append(f"Your previous answer was not valid: {previous.error[:500]}\nAnswer again.")
         return "\n\n".join(parts)
 
-    async def _candidate(self, spec: RustFunctionSpec, prompt: str, round_index: int, temperature: float | None
-                         ) -> RustAttempt:
+    async def _candidate(
+        self, spec: RustFunctionSpec, prompt: str, round_index: int, temperature: float | None
+    ) -> RustAttempt:
         try:
             prediction = await self.adapter(
                 prompt=prompt, schema=RUST_GENERATION_SCHEMA, max_tokens=self.max_tokens, temperature=temperature
@@ -602,14 +605,19 @@ class RustGenerator:
         generation = {key: prediction[key] for key in RUST_GENERATION_SCHEMA["properties"]}
         problems = schema_problems(generation, RUST_GENERATION_SCHEMA)
         if problems:  # the adapter validated already; a broken provider must not slip through
-            return RustAttempt(generation=None, source=None, compile=None, error="; ".join(problems),
-                               round=round_index)
+            return RustAttempt(generation=None, source=None, compile=None, error="; ".join(problems), round=round_index)
         generated = render_rust_source(spec, generation)
         source, result, num_fixes = await compile_with_fixes(
             generated, rustc=self.rustc, timeout_s=self.compile_timeout_s, max_rounds=self.max_fix_rounds
         )
-        return RustAttempt(generation=generation, source=source, compile=result, round=round_index,
-                           generated_source=generated, num_fixes=num_fixes)
+        return RustAttempt(
+            generation=generation,
+            source=source,
+            compile=result,
+            round=round_index,
+            generated_source=generated,
+            num_fixes=num_fixes,
+        )
 
     async def generate(self, spec: RustFunctionSpec) -> RustGenerationResult:
         attempts: list[RustAttempt] = []
@@ -619,8 +627,10 @@ class RustGenerator:
             # the first answer of the first round at `temperature`, every other one at the more
             # diverse `retry_temperature` (samples of one prompt should differ, and a retry
             # should not repeat the answer it follows)
-            temperatures = [self.temperature if round_index == 0 and k == 0 else self.retry_temperature
-                            for k in range(self.candidates)]
+            temperatures = [
+                self.temperature if round_index == 0 and k == 0 else self.retry_temperature
+                for k in range(self.candidates)
+            ]
             tasks = [asyncio.ensure_future(self._candidate(spec, prompt, round_index, t)) for t in temperatures]
             try:
                 candidates = await asyncio.gather(*tasks)

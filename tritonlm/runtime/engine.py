@@ -441,9 +441,7 @@ class Engine:
     @staticmethod
     def _remaining_tokens(request: Request) -> int:
         """Tokens the request may still append, EOS included."""
-        return min(
-            request.params.max_tokens - request.num_output_tokens, request.max_total_tokens - request.num_tokens
-        )
+        return min(request.params.max_tokens - request.num_output_tokens, request.max_total_tokens - request.num_tokens)
 
     def _fit_token_to_budget(self, request: Request, token: int) -> int:
         """``token``, or the next token of the current completion if the output could no longer
@@ -470,7 +468,6 @@ class Engine:
             self._append_token(request, token, None, now, deltas)
             if request.is_finished:
                 return
-
 
     def _jump_forward(self, request: Request, now: float, deltas: list[StreamDelta]) -> None:
         """Append the tokens the grammar forces next without sampling them (jump-forward).

@@ -35,8 +35,15 @@ _CLIENT_ERRORS = (ConfigError, ContextTooLongError, SchemaError, TokenizationErr
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error", code: str | None = None,
-                 param: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type_: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
 
@@ -78,11 +85,16 @@ class Server:
     # ---- request translation --------------------------------------------------------------
     def check_model(self, name: str) -> None:
         if name != self.model_name:
-            raise APIError(404, f"the model '{name}' does not exist; this server has '{self.model_name}'",
-                           code="model_not_found", param="model")
+            raise APIError(
+                404,
+                f"the model '{name}' does not exist; this server has '{self.model_name}'",
+                code="model_not_found",
+                param="model",
+            )
 
-    def sampling_params(self, req: CompletionRequest | ChatCompletionRequest, max_tokens: int | None,
-                        logprobs: int | None) -> SamplingParams:
+    def sampling_params(
+        self, req: CompletionRequest | ChatCompletionRequest, max_tokens: int | None, logprobs: int | None
+    ) -> SamplingParams:
         max_model_len = self.llm.engine.max_model_len
         constraint: dict[str, Any] = {}
         fmt = req.response_format
@@ -92,16 +104,22 @@ class Server:
                 spec = fmt.get("json_schema") or {}
                 schema = spec.get("schema")
                 if not isinstance(schema, (dict, bool)):
-                    raise APIError(400, "response_format.json_schema.schema must be a JSON schema object",
-                                   param="response_format")
+                    raise APIError(
+                        400, "response_format.json_schema.schema must be a JSON schema object", param="response_format"
+                    )
                 constraint["json_schema"] = schema
             elif kind == "json_object":
                 constraint["json_schema"] = {"type": "object"}
             elif kind not in (None, "text"):
                 raise APIError(400, f"response_format.type={kind!r} is not supported", param="response_format")
         if max_tokens is not None and max_tokens >= max_model_len:
-            raise APIError(400, f"max_tokens={max_tokens} does not fit this model's context of {max_model_len} "
-                                "tokens (prompt included)", code="context_length_exceeded", param="max_tokens")
+            raise APIError(
+                400,
+                f"max_tokens={max_tokens} does not fit this model's context of {max_model_len} "
+                "tokens (prompt included)",
+                code="context_length_exceeded",
+                param="max_tokens",
+            )
         stop = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
         try:
             return SamplingParams(
@@ -211,24 +229,46 @@ class Server:
         batch_sizes = engine.stats.batch_sizes
         hit_rate = c.cached_prompt_tokens / c.prompt_tokens if c.prompt_tokens else 0.0
         lines = [
-            ("tritonlm_requests_total", "counter", "Finished requests by status",
-             [('{status="ok"}', c.requests_ok), ('{status="error"}', c.requests_failed),
-              ('{status="aborted"}', c.requests_aborted)]),
+            (
+                "tritonlm_requests_total",
+                "counter",
+                "Finished requests by status",
+                [
+                    ('{status="ok"}', c.requests_ok),
+                    ('{status="error"}', c.requests_failed),
+                    ('{status="aborted"}', c.requests_aborted),
+                ],
+            ),
             ("tritonlm_prompt_tokens_total", "counter", "Prompt tokens processed", [("", c.prompt_tokens)]),
-            ("tritonlm_completion_tokens_total", "counter", "Completion tokens generated",
-             [("", c.completion_tokens)]),
+            ("tritonlm_completion_tokens_total", "counter", "Completion tokens generated", [("", c.completion_tokens)]),
             ("tritonlm_requests_running", "gauge", "Requests in the running batch", [("", len(sched.running))]),
             ("tritonlm_requests_waiting", "gauge", "Requests waiting to be scheduled", [("", len(sched.waiting))]),
-            ("tritonlm_batch_size", "gauge", "Requests in the last engine step",
-             [("", batch_sizes[-1] if batch_sizes else 0)]),
+            (
+                "tritonlm_batch_size",
+                "gauge",
+                "Requests in the last engine step",
+                [("", batch_sizes[-1] if batch_sizes else 0)],
+            ),
             ("tritonlm_engine_steps_total", "counter", "Engine steps run", [("", engine.stats.num_steps)]),
             ("tritonlm_kv_blocks_total", "gauge", "KV cache blocks", [("", bm.num_blocks)]),
-            ("tritonlm_kv_blocks_used", "gauge", "KV cache blocks referenced by requests",
-             [("", bm.num_blocks - bm.num_free_blocks)]),
-            ("tritonlm_prefix_cache_hit_blocks_total", "counter", "Prompt blocks served from the prefix cache",
-             [("", bm.num_cache_hit_blocks)]),
-            ("tritonlm_prefix_cache_hit_rate", "gauge", "Prompt tokens served from the prefix cache / prompt tokens",
-             [("", hit_rate)]),
+            (
+                "tritonlm_kv_blocks_used",
+                "gauge",
+                "KV cache blocks referenced by requests",
+                [("", bm.num_blocks - bm.num_free_blocks)],
+            ),
+            (
+                "tritonlm_prefix_cache_hit_blocks_total",
+                "counter",
+                "Prompt blocks served from the prefix cache",
+                [("", bm.num_cache_hit_blocks)],
+            ),
+            (
+                "tritonlm_prefix_cache_hit_rate",
+                "gauge",
+                "Prompt tokens served from the prefix cache / prompt tokens",
+                [("", hit_rate)],
+            ),
         ]
         out = []
         for name, kind, help_text, samples in lines:
@@ -245,8 +285,11 @@ def _sse(payload: dict[str, Any] | str) -> bytes:
 
 def _usage(output: RequestOutput) -> dict[str, int]:
     u = output.usage
-    return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-            "total_tokens": u.prompt_tokens + u.completion_tokens}
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+    }
 
 
 def _chat_logprobs(tokenizer: Any, logprobs: list[Any] | None) -> dict[str, Any] | None:
@@ -257,8 +300,11 @@ def _chat_logprobs(tokenizer: Any, logprobs: list[Any] | None) -> dict[str, Any]
         raw = tokenizer.token_bytes[token_id]
         return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw)}
 
-    return {"content": [{**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(t, p) for t, p in lp.top]}
-                        for lp in logprobs]}
+    return {
+        "content": [
+            {**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(t, p) for t, p in lp.top]} for lp in logprobs
+        ]
+    }
 
 
 def _completion_logprobs(tokenizer: Any, logprobs: list[Any] | None) -> dict[str, Any] | None:
@@ -308,9 +354,18 @@ def build_app(llm: LLM, model_name: str) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [
-            {"id": model_name, "object": "model", "created": int(server.counters.started), "owned_by": "tritonlm",
-             "max_model_len": llm.engine.max_model_len}]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": model_name,
+                    "object": "model",
+                    "created": int(server.counters.started),
+                    "owned_by": "tritonlm",
+                    "max_model_len": llm.engine.max_model_len,
+                }
+            ],
+        }
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest, http: Request) -> Any:
@@ -326,10 +381,17 @@ def build_app(llm: LLM, model_name: str) -> FastAPI:
         if not req.stream:
             output = await server.run_to_end(messages, params)
             return {
-                "id": completion_id, "object": "chat.completion", "created": created, "model": model_name,
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": created,
+                "model": model_name,
                 "choices": [
-                    {"index": c.index, "message": {"role": "assistant", "content": c.text},
-                     "logprobs": _chat_logprobs(tokenizer, c.logprobs), "finish_reason": c.finish_reason}
+                    {
+                        "index": c.index,
+                        "message": {"role": "assistant", "content": c.text},
+                        "logprobs": _chat_logprobs(tokenizer, c.logprobs),
+                        "finish_reason": c.finish_reason,
+                    }
                     for c in output.outputs
                 ],
                 "usage": _usage(output),
@@ -337,24 +399,46 @@ def build_app(llm: LLM, model_name: str) -> FastAPI:
         stream, first = await server.start(messages, params)
         include_usage = bool((req.stream_options or {}).get("include_usage"))
 
-        def chunk(index: int, delta: dict[str, Any], finish: str | None = None,
-                  logprobs: Any = None) -> bytes:
-            return _sse({"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                         "model": model_name,
-                         "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
-                                      "finish_reason": finish}]})
+        def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
+            return _sse(
+                {
+                    "id": completion_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model_name,
+                    "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+                }
+            )
 
         def final(output: RequestOutput) -> list[bytes]:
-            events = [chunk(c.index, {}, c.finish_reason,
-                            _chat_logprobs(tokenizer, c.logprobs) if c.logprobs is not None else None)
-                      for c in output.outputs]
+            events = [
+                chunk(
+                    c.index,
+                    {},
+                    c.finish_reason,
+                    _chat_logprobs(tokenizer, c.logprobs) if c.logprobs is not None else None,
+                )
+                for c in output.outputs
+            ]
             if include_usage:
-                events.append(_sse({"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                                    "model": model_name, "choices": [], "usage": _usage(output)}))
+                events.append(
+                    _sse(
+                        {
+                            "id": completion_id,
+                            "object": "chat.completion.chunk",
+                            "created": created,
+                            "model": model_name,
+                            "choices": [],
+                            "usage": _usage(output),
+                        }
+                    )
+                )
             return events
 
         events = server.sse_events(
-            stream, first, http,
+            stream,
+            first,
+            http,
             head=[chunk(i, {"role": "assistant", "content": ""}) for i in range(params.n)],
             text_chunk=lambda index, text: chunk(index, {"content": text}),
             final_chunks=final,
@@ -367,8 +451,9 @@ def build_app(llm: LLM, model_name: str) -> FastAPI:
         prompt = req.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
             if len(prompt) != 1:
-                raise APIError(400, "batched prompts are not supported in one request; send one prompt per request",
-                               param="prompt")
+                raise APIError(
+                    400, "batched prompts are not supported in one request; send one prompt per request", param="prompt"
+                )
             prompt = prompt[0]
         if isinstance(prompt, list) and not prompt:
             raise APIError(400, "the prompt is empty", param="prompt")
@@ -378,10 +463,17 @@ def build_app(llm: LLM, model_name: str) -> FastAPI:
         if not req.stream:
             output = await server.run_to_end(prompt, params)
             return {
-                "id": completion_id, "object": "text_completion", "created": created, "model": model_name,
+                "id": completion_id,
+                "object": "text_completion",
+                "created": created,
+                "model": model_name,
                 "choices": [
-                    {"index": c.index, "text": c.text, "logprobs": _completion_logprobs(tokenizer, c.logprobs),
-                     "finish_reason": c.finish_reason}
+                    {
+                        "index": c.index,
+                        "text": c.text,
+                        "logprobs": _completion_logprobs(tokenizer, c.logprobs),
+                        "finish_reason": c.finish_reason,
+                    }
                     for c in output.outputs
                 ],
                 "usage": _usage(output),
@@ -390,14 +482,31 @@ def build_app(llm: LLM, model_name: str) -> FastAPI:
         include_usage = bool((req.stream_options or {}).get("include_usage"))
 
         def chunk(index: int, text: str, finish: str | None = None) -> bytes:
-            return _sse({"id": completion_id, "object": "text_completion", "created": created, "model": model_name,
-                         "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}]})
+            return _sse(
+                {
+                    "id": completion_id,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": model_name,
+                    "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}],
+                }
+            )
 
         def final(output: RequestOutput) -> list[bytes]:
             events = [chunk(c.index, "", c.finish_reason) for c in output.outputs]
             if include_usage:
-                events.append(_sse({"id": completion_id, "object": "text_completion", "created": created,
-                                    "model": model_name, "choices": [], "usage": _usage(output)}))
+                events.append(
+                    _sse(
+                        {
+                            "id": completion_id,
+                            "object": "text_completion",
+                            "created": created,
+                            "model": model_name,
+                            "choices": [],
+                            "usage": _usage(output),
+                        }
+                    )
+                )
             return events
 
         events = server.sse_events(stream, first, http, head=[], text_chunk=chunk, final_chunks=final)
