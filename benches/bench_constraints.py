@@ -99,17 +99,17 @@ class TritonLM(Engine):
     name = "tritonlm.constraints"
 
     def __init__(self, tokenizer: Any) -> None:
-        from tritonlm.constraints import TokenizerInfo, allocate_token_bitmask, api
+        from tritonlm.constraints import GrammarCompiler, TokenizerInfo, allocate_token_bitmask
 
-        self.api = api
         self.info = TokenizerInfo.from_tokenizer(tokenizer)
+        self.compiler = GrammarCompiler(self.info)
         _ = self.info.index  # per-tokenizer precomputation (disk cache)
         self.allocate = allocate_token_bitmask
         self.version = "0.1.0"
 
     def compile(self, schema: dict) -> Any:
-        self.api._GRAMMAR_CACHE.clear()
-        return self.api.compile_json_schema(schema, self.info)
+        self.compiler.clear_cache()  # compiled grammars only; token tables stay warm, as before
+        return self.compiler.compile_json_schema(schema)
 
     def start(self, grammar: Any) -> Any:
         return grammar.matcher()

@@ -27,13 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.providers.support.fakes import ScriptedProvider
 from tests.providers.support.rust_specs import RUST_SPECS
-from tritonlm.providers import (
-    LocalProvider,
-    ProviderAdapter,
-    ProviderConfig,
-    RustGenerationResult,
-    RustGenerator,
-)
+from tritonlm.providers import LocalProvider, ProviderAdapter, ProviderConfig
+from tritonlm.providers.rust import RustGenerationResult, RustGenerator
 
 SCHEMA = {
     "type": "object",

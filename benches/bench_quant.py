@@ -275,7 +275,7 @@ def speed(threads: int, systems: tuple[str, ...] = SYSTEMS[:3]) -> dict[str, dic
     import multiprocessing
 
     from tritonlm.model.default import ensure_default_gguf
-    from tritonlm.model.loader import GGUFFile
+    from tritonlm.model.gguf import GGUFFile
 
     tok = GGUFFile(ensure_default_gguf()).tokenizer()
     decode_prompt = prompts(tok, 1, PROMPT_LEN)[0]

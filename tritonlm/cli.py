@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from tritonlm.config import BACKENDS, DTYPES, FLOAT_DTYPE_NAMES
 from tritonlm.errors import TritonLMError
 
 
@@ -41,11 +42,11 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dtype",
         default="auto",
-        choices=("auto", "float32", "bfloat16", "float16"),
+        choices=DTYPES,
         help="activation dtype (auto: float32 for quantized weights on the CPU, else bfloat16)",
     )
     p.add_argument("--device", default="cpu")
-    p.add_argument("--backend", default=None, choices=("torch", "triton", "interpret"))
+    p.add_argument("--backend", default=None, choices=BACKENDS)
     _add_model_options(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
@@ -62,7 +63,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert a .gguf file to a HF-layout safetensors folder")
     p.add_argument("gguf", help="input .gguf file")
     p.add_argument("out", help="output folder")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--dtype", default="float32", choices=FLOAT_DTYPE_NAMES)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -74,11 +75,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dtype",
         default="auto",
-        choices=("auto", "float32", "bfloat16", "float16"),
+        choices=DTYPES,
         help="activation dtype (auto: float32 for quantized weights on the CPU, else bfloat16)",
     )
     p.add_argument("--device", default="cpu")
-    p.add_argument("--backend", default=None, choices=("torch", "triton", "interpret"))
+    p.add_argument("--backend", default=None, choices=BACKENDS)
     _add_model_options(p)
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--max-model-len", type=int, default=None)
@@ -128,7 +129,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from tritonlm.model.loader import convert_gguf
+    from tritonlm.model.gguf import convert_gguf
 
     out = convert_gguf(args.gguf, args.out, dtype=args.dtype)
     print(f"wrote {out}")

@@ -15,7 +15,9 @@ from tritonlm.errors import ConfigError
 
 Backend = Literal["torch", "triton", "interpret"]
 BACKENDS: tuple[str, ...] = ("torch", "triton", "interpret")
-DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")  # auto: tritonlm.model.loader.auto_dtype
+# The float dtypes by name: the one table (torch dtypes by these names: tritonlm.kernels.dtypes).
+FLOAT_DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+DTYPES: tuple[str, ...] = ("auto", *FLOAT_DTYPE_NAMES)  # auto: tritonlm.model.loader.auto_dtype
 QUANTIZATIONS: tuple[str | None, ...] = ("auto", "gguf", "int8", "int4", None)
 
 

@@ -134,7 +134,7 @@ def test_rust_generation_grammar_refuses_unbalanced_bodies_token_by_token(qwen_t
     """The Rust generator's schema (brace-balanced, fn-free body patterns) on the real vocabulary:
     its worked example is accepted to the end; a body closing one brace too many, or defining
     a fn, is refused at the token where it goes wrong, and the mask there agrees."""
-    from tritonlm.providers.rust_generator import EXAMPLE_GENERATION, RUST_GENERATION_SCHEMA
+    from tritonlm.providers.rust import EXAMPLE_GENERATION, RUST_GENERATION_SCHEMA
 
     grammar = compile_json_schema(RUST_GENERATION_SCHEMA, qwen_info)
     compact = SERIALIZATIONS["compact"]

@@ -91,7 +91,7 @@ def test_import_tritonlm_without_dspy():
         "import sys\n"
         "sys.modules['dspy'] = None\n"
         "import tritonlm, tritonlm.runtime, tritonlm.runtime.llm, tritonlm.dspy_adapter\n"
-        "import tritonlm.dspy_adapter.prediction\n"
+        "import tritonlm.prediction\n"
         "assert sys.modules['dspy'] is None\n"
         "try:\n"
         "    tritonlm.dspy_adapter.ConstrainedJSONAdapter\n"

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from tritonlm.errors import ConfigError
-from tritonlm.kernels import cpu_quant
+from tritonlm.kernels import _native, cpu_quant
 from tritonlm.kernels.qweight import QuantizedWeight, quantize_rtn
 from tritonlm.kernels.reference import quant_linear
 
@@ -279,7 +279,7 @@ def test_build_goes_to_the_cache_dir(lib, cache_dir: Path) -> None:
 
 def test_shares_torch_openmp_runtime(lib, cache_dir: Path) -> None:
     """In a fresh process, loading the kernel maps no OpenMP runtime besides torch's."""
-    if not Path("/proc/self/maps").exists() or cpu_quant._torch_gomp() is None:
+    if not Path("/proc/self/maps").exists() or _native.torch_gomp() is None:
         pytest.skip("needs /proc and a torch that bundles libgomp")
     code = (
         "import torch, tritonlm.kernels.cpu_quant as c; c.load(); "
@@ -288,7 +288,7 @@ def test_shares_torch_openmp_runtime(lib, cache_dir: Path) -> None:
     env = {**os.environ, "TRITONLM_CACHE_DIR": str(cache_dir)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == [str(cpu_quant._torch_gomp().resolve())]
+    assert out.stdout.split() == [str(_native.torch_gomp().resolve())]
 
 
 def test_unavailable_without_compiler(lib, monkeypatch: pytest.MonkeyPatch) -> None:

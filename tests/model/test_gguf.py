@@ -17,7 +17,8 @@ from tests.model.simple import ContiguousSequence
 from tritonlm.errors import ConfigError, ModelLoadError
 from tritonlm.model.config import Qwen2Config
 from tritonlm.model.default import assemble, verify
-from tritonlm.model.loader import GGUFFile, convert_gguf, gguf_to_hf_name, load_model, permute_qk, unpermute_qk
+from tritonlm.model.gguf import GGUFFile, convert_gguf, gguf_to_hf_name, permute_qk, unpermute_qk
+from tritonlm.model.loader import load_model
 
 MIXED = {
     "attn_q.weight": Q.Q8_0,
@@ -219,3 +220,15 @@ def test_config_reads_transformers5_rope_parameters():
     assert Qwen2Config.from_hf_dict(d).rope_theta == 12345.0
     with pytest.raises(ConfigError, match="missing field 'hidden_size'"):
         Qwen2Config.from_hf_dict({k: v for k, v in d.items() if k != "hidden_size"})
+
+
+def test_gguf_imports_point_one_way():
+    """loader -> default -> gguf: neither gguf nor default imports the loader (or the model)."""
+    code = (
+        "import sys; import tritonlm.model.gguf; "
+        "assert not {'tritonlm.model.loader', 'tritonlm.model.default', 'tritonlm.model.qwen2'} & set(sys.modules); "
+        "import tritonlm.model.default; "
+        "assert not {'tritonlm.model.loader', 'tritonlm.model.qwen2'} & set(sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr

@@ -13,9 +13,10 @@ from tests.model.simple import ContiguousSequence
 from tritonlm.errors import ConfigError, ModelLoadError
 from tritonlm.kernels import get_ops
 from tritonlm.kernels.qweight import QuantizedWeight, concat_rows, pack_int4, promote, quantize_rtn
+from tritonlm.model.gguf import GGUFFile
 from tritonlm.model.gguf_quant import BLOCK_LAYOUT, decode_blocks
 from tritonlm.model.gguf_reader import GGUFReader
-from tritonlm.model.loader import GGUFFile, load_model
+from tritonlm.model.loader import load_model
 
 # which bytes of each block hold f16 scales (kept finite in random blocks)
 F16_FIELDS = {"Q8_0": [0], "Q5_0": [0], "Q4_0": [0], "Q5_1": [0, 2], "Q4_1": [0, 2], "Q4_K": [0, 2], "Q5_K": [0, 2]}
@@ -159,7 +160,7 @@ def test_reference_ops_give_exactly_the_dequantized_model(mixed_gguf) -> None:
 
 @pytest.mark.parametrize("quantization", ["int8", "int4"])
 def test_quantize_a_float_folder_at_load(mixed_gguf, tmp_path, quantization: str) -> None:
-    from tritonlm.model.loader import convert_gguf
+    from tritonlm.model.gguf import convert_gguf
 
     folder = convert_gguf(mixed_gguf, tmp_path / "hf")
     dense = load_model(str(folder), dtype="float32")

@@ -14,7 +14,6 @@ import pytest
 from tests.providers.support.fakes import ScriptedProvider
 from tritonlm.errors import ConfigError, ParseError, TritonLMError
 from tritonlm.providers import (
-    RUST_GENERATION_SCHEMA,
     ProviderAdapter,
     ProviderCapabilities,
     ProviderConfig,
@@ -22,13 +21,11 @@ from tritonlm.providers import (
     ResourceLimitExceeded,
     ResourceLimits,
     ResourceTracker,
-    RustFunctionSpec,
-    RustGenerator,
     StructuredOutputError,
     extract_json_object,
-    render_rust_source,
     schema_problems,
 )
+from tritonlm.providers.rust import RUST_GENERATION_SCHEMA, RustFunctionSpec, RustGenerator, render_rust_source
 
 dspy = pytest.importorskip("dspy")
 
@@ -376,11 +373,11 @@ def test_rust_generator_gives_up_after_max_attempts_and_records_invalid_answers(
 def test_tritonlm_and_providers_import_without_dspy_or_httpx() -> None:
     code = (
         "import sys; sys.modules['dspy'] = None; sys.modules['httpx'] = None\n"
-        "import tritonlm, tritonlm.providers, tritonlm.dspy_adapter.prediction\n"
+        "import tritonlm, tritonlm.providers, tritonlm.prediction\n"
         "from tritonlm.providers import ProviderAdapter, LocalProvider, OpenAICompatibleProvider\n"
         "assert 'dspy' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
         "try:\n"
-        "    tritonlm.dspy_adapter.prediction.prediction_from_dict({'a': 1})\n"
+        "    tritonlm.prediction.prediction_from_dict({'a': 1})\n"
         "except tritonlm.errors.ConfigError as exc:\n"
         "    print('no-dspy:', exc)\n"
     )
@@ -391,8 +388,7 @@ def test_tritonlm_and_providers_import_without_dspy_or_httpx() -> None:
 
 @pytest.mark.skipif(shutil.which("rustc") is None, reason="rustc not installed")
 def test_the_prompts_worked_example_validates_and_compiles() -> None:
-    from tritonlm.providers import compile_rust_lib
-    from tritonlm.providers.rust_generator import EXAMPLE_GENERATION, EXAMPLE_SPEC
+    from tritonlm.providers.rust import EXAMPLE_GENERATION, EXAMPLE_SPEC, compile_rust_lib
 
     assert schema_problems(EXAMPLE_GENERATION, RUST_GENERATION_SCHEMA) == []
     source = render_rust_source(EXAMPLE_SPEC, EXAMPLE_GENERATION)
@@ -411,8 +407,7 @@ def test_retries_use_the_retry_temperature() -> None:
 
 @pytest.mark.skipif(shutil.which("rustc") is None, reason="rustc not installed")
 def test_the_signatures_lifetimes_are_declared_even_if_the_model_lists_none() -> None:
-    from tritonlm.providers import compile_rust_lib
-    from tritonlm.providers.rust_generator import EXAMPLE_GENERATION
+    from tritonlm.providers.rust import EXAMPLE_GENERATION, compile_rust_lib
 
     spec = RustFunctionSpec(
         name="longest",
@@ -436,7 +431,7 @@ def test_the_signatures_lifetimes_are_declared_even_if_the_model_lists_none() ->
 
 # ---- compiler-suggested edits and candidates ------------------------------------------------------
 def test_apply_suggestions_skips_conflicts_and_keeps_insertion_order() -> None:
-    from tritonlm.providers.rust_generator import SuggestedEdit, apply_suggestions
+    from tritonlm.providers.rust import SuggestedEdit, apply_suggestions
 
     source = "fn é() { let x = 1; }"  # offsets are UTF-8 bytes: 'é' is two
     body = source.encode().index(b"let")
@@ -455,7 +450,7 @@ def test_apply_suggestions_skips_conflicts_and_keeps_insertion_order() -> None:
 
 @pytest.mark.skipif(shutil.which("rustc") is None, reason="rustc not installed")
 def test_compiler_suggestions_repair_imports_bounds_and_conversions() -> None:
-    from tritonlm.providers.rust_generator import compile_with_fixes
+    from tritonlm.providers.rust import compile_with_fixes
 
     source = (
         "pub fn describe<T: Debug>(x: T) -> String {\n"
@@ -518,7 +513,7 @@ def test_candidates_run_concurrently_and_the_one_with_fewest_errors_is_fed_back(
 
 
 def test_generation_schema_keeps_bodies_balanced_and_free_of_fn_items() -> None:
-    from tritonlm.providers.rust_generator import EXAMPLE_GENERATION
+    from tritonlm.providers.rust import EXAMPLE_GENERATION
 
     def problems(**fields: object) -> list[str]:
         return schema_problems({**EXAMPLE_GENERATION, **fields}, RUST_GENERATION_SCHEMA)
@@ -548,7 +543,7 @@ def test_generation_schema_keeps_bodies_balanced_and_free_of_fn_items() -> None:
 
 
 def test_suggestions_outside_the_compiled_file_and_of_warnings_are_dropped() -> None:
-    from tritonlm.providers.rust_generator import SuggestedEdit, _parse_diagnostics
+    from tritonlm.providers.rust.rustc import SuggestedEdit, _parse_diagnostics
 
     def span(file_name: str, start: int, end: int, text: str, applicability: str = "MachineApplicable") -> dict:
         return {

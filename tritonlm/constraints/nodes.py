@@ -9,67 +9,86 @@ whose top frame consumes the next byte. Each node implements:
 * ``result(local)`` -> a label (int >= 0) when the node may end here, else ``None``;
 * ``resume(waiting_local, label)`` -> the parent's local once a child ended with ``label``.
 
-Popping is lazy: a finished child stays on the stack until a byte it cannot take arrives.
-Every reachable configuration can be completed (nodes only offer transitions that keep a
-completion possible, and unsatisfiable alternatives are removed before matching), so the
-matcher never dead-ends.
+A local is a node's own hashable value (an int, a tuple or a str, per node class); the
+grammar stores it without looking inside. Popping is lazy: a finished child stays on the
+stack until a byte it cannot take arrives. Every reachable configuration can be completed
+(nodes only offer transitions that keep a completion possible, and unsatisfiable
+alternatives are removed before matching), so the matcher never dead-ends.
 """
 
 from __future__ import annotations
 
-from fractions import Fraction
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .automata import ByteDFA
+import numpy as np
+
+from .bytedfa import ByteDFA
 
 if TYPE_CHECKING:
-    from .grammar import GrammarCore
+    from .object_keys import KeyLabels, ObjectKeys
 
 STAY = 0
 CALL = 1
 
 WS_BYTES = frozenset(b" \t\n\r")
 
+Local = Any  # a node's own hashable state (see the module docstring)
+Action = tuple[Any, ...]  # (STAY, local) | (CALL, alt_id, waiting_local, depth)
+SatAlt = Callable[[int], bool]  # is an alternative satisfiable (during the fixpoint)?
+Frame = tuple[int, Local]  # (node id, local)
+Stack = tuple[Frame, "Stack | None"]  # top frame first; None below the root
+KeyTag = tuple[str, int]  # what a key component reports: ("lit", named index), ("p", pattern index), ANY_KEY
+ANY_KEY: KeyTag = ("any", -1)
+
+
+class NodeContext(Protocol):
+    """What a node reads from the grammar it belongs to (set by ``GrammarCore.add_node``)."""
+
+    layout: Layout
+
+    def alt_nonempty(self, aid: int) -> bool: ...
+
 
 class Node:
-    core: GrammarCore
+    core: NodeContext
 
-    def start(self, depth: int) -> list:
+    def start(self, depth: int) -> list[Local]:
         raise NotImplementedError
 
-    def step(self, local, b: int) -> list:
+    def step(self, local: Local, b: int) -> list[Action]:
         raise NotImplementedError
 
-    def result(self, local) -> int | None:
+    def result(self, local: Local) -> int | None:
         raise NotImplementedError
 
-    def resume(self, waiting, label: int):
+    def resume(self, waiting: Local, label: int) -> Local:
         return waiting
 
-    def satisfiable(self, sat_alt) -> bool:
+    def satisfiable(self, sat_alt: SatAlt) -> bool:
         return True
 
 
 class LeafNode(Node):
-    """A byte DFA: strings, keys, literals."""
+    """A byte DFA: strings, keys, literals. Local: the DFA state."""
 
     def __init__(self, dfa: ByteDFA) -> None:
         self.dfa = dfa
         self.rows = dfa.rows
         self.labels = dfa.labels
 
-    def start(self, depth: int) -> list:
+    def start(self, depth: int) -> list[Local]:
         return [self.dfa.start]
 
-    def step(self, local, b: int) -> list:
+    def step(self, local: Local, b: int) -> list[Action]:
         t = self.rows[local][b]
         return [(STAY, t)] if t >= 0 else []
 
-    def result(self, local) -> int | None:
+    def result(self, local: Local) -> int | None:
         lab = self.labels[local]
         return lab if lab >= 0 else None
 
-    def satisfiable(self, sat_alt) -> bool:
+    def satisfiable(self, sat_alt: SatAlt) -> bool:
         return any(lab >= 0 for lab in self.labels)
 
 
@@ -84,14 +103,26 @@ class KeyLeafNode(LeafNode):
     per-component view would not be exact (then the product DFA is used as a whole).
     """
 
-    def __init__(self, dfa: ByteDFA, comp_states, components, comp_tags, useful, combine, decomposable: bool):
+    def __init__(
+        self,
+        dfa: ByteDFA,
+        comp_states: np.ndarray,
+        components: list[ByteDFA],
+        comp_tags: list[KeyTag],
+        useful: list[bool],
+        labels: KeyLabels,
+        decomposable: bool,
+    ) -> None:
         super().__init__(dfa)
         self.comp_states = comp_states
         self.components = components
         self.comp_tags = comp_tags
         self.useful = useful
-        self.combine = combine
+        self.key_labels = labels
         self.decomposable = decomposable
+
+    def combine(self, tags: frozenset[KeyTag]) -> int:
+        return self.key_labels.combine(tags)
 
 
 class CountedStringNode(LeafNode):
@@ -110,10 +141,10 @@ class CountedStringNode(LeafNode):
         self.max_len = max_len
         self.boundary = dfa.rows[dfa.start][0x22]
 
-    def start(self, depth: int) -> list:
+    def start(self, depth: int) -> list[tuple[int, int]]:
         return [(self.dfa.start, 0)]
 
-    def step(self, local, b: int) -> list:
+    def step(self, local: tuple[int, int], b: int) -> list[Action]:
         q, c = local
         t = self.rows[q][b]
         if t < 0:
@@ -130,161 +161,14 @@ class CountedStringNode(LeafNode):
             c = min(c, self.min_len)
         return [(STAY, (t, c))]
 
-    def result(self, local) -> int | None:
+    def result(self, local: tuple[int, int]) -> int | None:
         lab = self.labels[local[0]]
         return lab if lab >= 0 else None
 
-    def satisfiable(self, sat_alt) -> bool:
+    def satisfiable(self, sat_alt: SatAlt) -> bool:
         return self.max_len is None or self.min_len <= self.max_len
 
 
-# ---------------------------------------------------------------------------------------
-# numbers
-_NUMBER_BYTES = frozenset(b"0123456789.-+eE")
-
-
-class NumberNode(Node):
-    """A JSON number, optionally integer-valued and/or bounded.
-
-    Local state is the text read so far. Unbounded non-integer numbers take the full JSON
-    syntax (fraction and exponent); integer or bounded numbers take no exponent, so that
-    whether a prefix can still reach an allowed value is an interval computation.
-    Integers may carry a zero fraction (``1.0`` is an integer in JSON Schema).
-    """
-
-    def __init__(self, integer: bool, lo: Fraction | None, lo_excl: bool, hi: Fraction | None, hi_excl: bool):
-        self.integer = integer
-        self.lo, self.lo_excl, self.hi, self.hi_excl = lo, lo_excl, hi, hi_excl
-        self.exponent = not integer and lo is None and hi is None
-
-    def start(self, depth: int) -> list:
-        return [""]
-
-    def satisfiable(self, sat_alt) -> bool:
-        return self._intersects(None, False, None, False)
-
-    def result(self, local) -> int | None:
-        return 0 if self._complete(local) else None
-
-    def step(self, local, b: int) -> list:
-        if b not in _NUMBER_BYTES:
-            return []
-        nxt = local + chr(b)
-        return [(STAY, nxt)] if self._syntax_ok(nxt) and self._viable(nxt) else []
-
-    # -- syntax: prefixes of -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
-    def _syntax_ok(self, s: str) -> bool:
-        i = 0
-        n = len(s)
-        if i < n and s[i] == "-":
-            i += 1
-        if i == n:
-            return True
-        if s[i] == "0":
-            i += 1
-        elif s[i] in "123456789":
-            while i < n and s[i] in "0123456789":
-                i += 1
-        else:
-            return False
-        if i == n:
-            return True
-        if s[i] == ".":
-            i += 1
-            j = i
-            while i < n and s[i] in "0123456789":
-                i += 1
-            if i == n:
-                return True
-            if i == j:
-                return False
-        if s[i] in "eE" and self.exponent:
-            i += 1
-            if i < n and s[i] in "+-":
-                i += 1
-            while i < n and s[i] in "0123456789":
-                i += 1
-            return i == n
-        return False
-
-    def _complete(self, s: str) -> bool:
-        if not s or s[-1] not in "0123456789" or not self._syntax_ok(s):
-            return False
-        if self.exponent:
-            return True
-        value = Fraction(s)
-        if self.integer and value.denominator != 1:
-            return False
-        return self._intersects(value, True, value, True)
-
-    def _intersects(self, a: Fraction | None, a_closed: bool, b: Fraction | None, b_closed: bool) -> bool:
-        """Does the interval from a to b (None: unbounded) meet the allowed values?"""
-        s, s_closed = a, a_closed
-        if self.lo is not None:
-            lo_closed = not self.lo_excl
-            if s is None or self.lo > s:
-                s, s_closed = self.lo, lo_closed
-            elif self.lo == s:
-                s_closed = s_closed and lo_closed
-        e, e_closed = b, b_closed
-        if self.hi is not None:
-            hi_closed = not self.hi_excl
-            if e is None or self.hi < e:
-                e, e_closed = self.hi, hi_closed
-            elif self.hi == e:
-                e_closed = e_closed and hi_closed
-        if s is not None and e is not None and (s > e or (s == e and not (s_closed and e_closed))):
-            return False
-        if not self.integer or s is None or e is None:
-            return True
-        first = Fraction(s.__ceil__())
-        if first == s and not s_closed:
-            first += 1
-        return first < e or (first == e and e_closed)
-
-    def _signed(self, neg: bool, a: Fraction, a_closed: bool, b: Fraction | None, b_closed: bool) -> bool:
-        """Magnitudes from a to b (None: unbounded) taken with the given sign."""
-        if not neg:
-            return self._intersects(a, a_closed, b, b_closed)
-        return self._intersects(None if b is None else -b, b_closed, -a, a_closed)
-
-    def _viable(self, s: str) -> bool:
-        """Can the prefix ``s`` still be completed into an allowed number?"""
-        if self.exponent:
-            return True
-        neg = s.startswith("-")
-        body = s[1:] if neg else s
-        if not body:
-            return self._signed(neg, Fraction(0), True, None, False)
-        if "." in body:
-            ip, fp = body.split(".", 1)
-            base = Fraction(int(ip)) + (Fraction(int(fp), 10 ** len(fp)) if fp else 0)
-            if self.integer:
-                return not fp.strip("0") and self._signed(neg, base, True, base, True)
-            width = Fraction(1, 10 ** len(fp))
-            return self._signed(neg, base, True, base + width, False)
-        d = int(body)
-        if self.integer:
-            if self._signed(neg, Fraction(d), True, Fraction(d), True):
-                return True
-        elif self._signed(neg, Fraction(d), True, Fraction(d + 1), False):
-            return True
-        if d == 0:
-            return False
-        bounds = [abs(x) for x in (self.lo, self.hi) if x is not None]
-        if not bounds:
-            return True
-        limit = max(bounds)
-        k = 1
-        while d * 10**k <= limit:
-            if self._signed(neg, Fraction(d * 10**k), True, Fraction((d + 1) * 10**k), False):
-                return True
-            k += 1
-        return self._signed(neg, Fraction(d * 10**k), True, Fraction((d + 1) * 10**k), False)
-
-
-# ---------------------------------------------------------------------------------------
-# containers
 class Layout:
     """Whitespace policy: ``compact`` (none), ``flexible`` (any run of JSON whitespace at
     every place JSON allows it inside containers), ``pretty`` (``json.dumps(indent=n)``)."""
@@ -308,24 +192,28 @@ A_OPEN, A_ITEM_WAIT, A_AFTER_ITEM, A_BEFORE_ITEM, A_DONE = range(5)
 class ObjectNode(Node):
     """Properties in any order, each named key at most once.
 
-    ``named``: property names (declared properties plus required names), with
-    ``named_alts[i]`` the alternative for its value. ``key_outcomes`` (built by the compiler
-    per set of seen names) give the key leaf and, per label, (named index or -1, value alt).
+    ``keys`` (see ``object_keys.ObjectKeys``) holds the property names (declared properties
+    plus required names, ``named``), the alternative for each one's value (``named_alts``)
+    and, per set of seen names, the key leaf and per label (named index or -1, value alt).
     Local state: (phase, seen bitmask, depth, ws progress, value alt).
     """
 
-    def __init__(self, named: list[str], required_mask: int) -> None:
-        self.named = named
-        self.required_mask = required_mask
-        self.key_leaf_for_seen = None  # set by the compiler: seen -> (leaf alt id, outcomes)
+    def __init__(self, keys: ObjectKeys) -> None:
+        self.keys = keys
+        self.named = keys.named
+        self.required_mask = keys.required_mask
 
-    def start(self, depth: int) -> list:
+    def key_leaf_for_seen(self, seen: int) -> tuple[int | None, list[tuple[int, int]]]:
+        """(alternative of the key leaf, or None when no key may follow; outcomes per label)."""
+        return self.keys.leaf_for_seen(seen)
+
+    def start(self, depth: int) -> list[Local]:
         return [(-1, 0, depth, 0, -1)]  # before "{"
 
-    def result(self, local) -> int | None:
+    def result(self, local: Local) -> int | None:
         return 0 if local[0] == O_DONE else None
 
-    def resume(self, waiting, label: int):
+    def resume(self, waiting: Local, label: int) -> Local:
         phase, seen, depth, _, _ = waiting
         if phase == O_KEY_WAIT:
             _, outcomes = self.key_leaf_for_seen(seen)
@@ -339,68 +227,81 @@ class ObjectNode(Node):
         leaf_alt, _ = self.key_leaf_for_seen(seen)
         return leaf_alt is not None
 
-    def step(self, local, b: int) -> list:
-        phase, seen, depth, ws, value_alt = local
-        layout = self.core.layout
+    def step(self, local: Local, b: int) -> list[Action]:
+        phase, seen, depth, _, _ = local
         if phase == -1:
             return [(STAY, (O_OPEN, seen, depth, 0, -1))] if b == 0x7B else []
-        out = []
         if phase in (O_OPEN, O_BEFORE_KEY, O_AFTER_VALUE):
-            closing = phase != O_BEFORE_KEY and (seen & self.required_mask) == self.required_mask
-            opening_key = phase != O_AFTER_VALUE and self._can_add_key(seen)
-            if layout.mode == "pretty":
-                member_ws = layout.newline(depth + 1)
-                close_ws = b"" if phase == O_OPEN else layout.newline(depth)
-                if opening_key and ws < len(member_ws) and member_ws[ws] == b:
-                    out.append((STAY, (phase, seen, depth, ws + 1, -1)))
-                if (
-                    closing
-                    and ws < len(close_ws)
-                    and close_ws[ws] == b
-                    and not (opening_key and member_ws[: ws + 1] == close_ws[: ws + 1])
-                ):
-                    out.append((STAY, (phase, seen, depth, ws + 1, -1)))
-                if opening_key and ws == len(member_ws) and b == 0x22:
-                    leaf_alt, _ = self.key_leaf_for_seen(seen)
-                    out.append((CALL, leaf_alt, (O_KEY_WAIT, seen, depth, 0, -1), depth + 1))
-                if closing and ws == len(close_ws) and b == 0x7D:
-                    out.append((STAY, (O_DONE, seen, depth, 0, -1)))
-                if phase == O_AFTER_VALUE and ws == 0 and b == 0x2C and self._can_add_key(seen):
-                    out.append((STAY, (O_BEFORE_KEY, seen, depth, 0, -1)))
-                return out
-            if layout.mode == "flexible" and b in WS_BYTES:
-                return [(STAY, local)]
-            if b == 0x22 and opening_key:
-                leaf_alt, _ = self.key_leaf_for_seen(seen)
-                return [(CALL, leaf_alt, (O_KEY_WAIT, seen, depth, 0, -1), depth + 1)]
-            if b == 0x7D and closing:
-                return [(STAY, (O_DONE, seen, depth, 0, -1))]
-            if b == 0x2C and phase == O_AFTER_VALUE and self._can_add_key(seen):
-                return [(STAY, (O_BEFORE_KEY, seen, depth, 0, -1))]
-            return []
+            if self.core.layout.mode == "pretty":
+                return self._between_members_pretty(local, b)
+            return self._between_members(local, b)
         if phase == O_COLON:
-            if layout.mode == "pretty":
-                if ws == 0:
-                    return [(STAY, (O_COLON, seen, depth, 1, value_alt))] if b == 0x3A else []
-                if ws == 1:
-                    return [(STAY, (O_COLON, seen, depth, 2, value_alt))] if b == 0x20 else []
-                return [(CALL, value_alt, (O_VALUE_WAIT, seen, depth, 0, -1), depth + 1)]
-            if layout.mode == "flexible" and b in WS_BYTES:
-                return [(STAY, local)]
-            if ws == 0:
-                return [(STAY, (O_COLON, seen, depth, 1, value_alt))] if b == 0x3A else []
-            return [(CALL, value_alt, (O_VALUE_WAIT, seen, depth, 0, -1), depth + 1)]
+            return self._colon(local, b)
         return []
 
-    def satisfiable(self, sat_alt) -> bool:
-        return all(sat_alt(a) for i, a in enumerate(self.named_alts) if self.required_mask >> i & 1)
+    def _between_members(self, local: Local, b: int) -> list[Action]:
+        phase, seen, depth, _, _ = local
+        closing = phase != O_BEFORE_KEY and (seen & self.required_mask) == self.required_mask
+        opening_key = phase != O_AFTER_VALUE and self._can_add_key(seen)
+        if self.core.layout.mode == "flexible" and b in WS_BYTES:
+            return [(STAY, local)]
+        if b == 0x22 and opening_key:
+            leaf_alt, _ = self.key_leaf_for_seen(seen)
+            return [(CALL, leaf_alt, (O_KEY_WAIT, seen, depth, 0, -1), depth + 1)]
+        if b == 0x7D and closing:
+            return [(STAY, (O_DONE, seen, depth, 0, -1))]
+        if b == 0x2C and phase == O_AFTER_VALUE and self._can_add_key(seen):
+            return [(STAY, (O_BEFORE_KEY, seen, depth, 0, -1))]
+        return []
+
+    def _between_members_pretty(self, local: Local, b: int) -> list[Action]:
+        """``ws`` counts the bytes of the newline-and-indent written so far (before a member:
+        one level deeper; before the closing brace: this object's level)."""
+        phase, seen, depth, ws, _ = local
+        layout = self.core.layout
+        closing = phase != O_BEFORE_KEY and (seen & self.required_mask) == self.required_mask
+        opening_key = phase != O_AFTER_VALUE and self._can_add_key(seen)
+        member_ws = layout.newline(depth + 1)
+        close_ws = b"" if phase == O_OPEN else layout.newline(depth)
+        out: list[Action] = []
+        if opening_key and ws < len(member_ws) and member_ws[ws] == b:
+            out.append((STAY, (phase, seen, depth, ws + 1, -1)))
+        if (
+            closing
+            and ws < len(close_ws)
+            and close_ws[ws] == b
+            and not (opening_key and member_ws[: ws + 1] == close_ws[: ws + 1])
+        ):
+            out.append((STAY, (phase, seen, depth, ws + 1, -1)))
+        if opening_key and ws == len(member_ws) and b == 0x22:
+            leaf_alt, _ = self.key_leaf_for_seen(seen)
+            out.append((CALL, leaf_alt, (O_KEY_WAIT, seen, depth, 0, -1), depth + 1))
+        if closing and ws == len(close_ws) and b == 0x7D:
+            out.append((STAY, (O_DONE, seen, depth, 0, -1)))
+        if phase == O_AFTER_VALUE and ws == 0 and b == 0x2C and self._can_add_key(seen):
+            out.append((STAY, (O_BEFORE_KEY, seen, depth, 0, -1)))
+        return out
+
+    def _colon(self, local: Local, b: int) -> list[Action]:
+        _, seen, depth, ws, value_alt = local
+        mode = self.core.layout.mode
+        if mode == "flexible" and b in WS_BYTES:
+            return [(STAY, local)]
+        if ws == 0:
+            return [(STAY, (O_COLON, seen, depth, 1, value_alt))] if b == 0x3A else []
+        if mode == "pretty" and ws == 1:
+            return [(STAY, (O_COLON, seen, depth, 2, value_alt))] if b == 0x20 else []
+        return [(CALL, value_alt, (O_VALUE_WAIT, seen, depth, 0, -1), depth + 1)]
+
+    def satisfiable(self, sat_alt: SatAlt) -> bool:
+        return all(sat_alt(a) for i, a in enumerate(self.keys.named_alts) if self.required_mask >> i & 1)
 
 
 class ArrayNode(Node):
     """``item_alts[i]`` for the first items (prefixItems), then ``rest_alt`` (None: no more
     items). Local: (phase, count capped at ``cap``, depth, ws progress)."""
 
-    def __init__(self, item_alts: list[int], rest_alt: int | None, min_items: int, max_items: int | None):
+    def __init__(self, item_alts: list[int], rest_alt: int | None, min_items: int, max_items: int | None) -> None:
         self.item_alts = item_alts
         self.rest_alt = rest_alt
         self.min_items = min_items
@@ -410,13 +311,13 @@ class ArrayNode(Node):
     def alt_at(self, i: int) -> int | None:
         return self.item_alts[i] if i < len(self.item_alts) else self.rest_alt
 
-    def start(self, depth: int) -> list:
+    def start(self, depth: int) -> list[Local]:
         return [(-1, 0, depth, 0)]
 
-    def result(self, local) -> int | None:
+    def result(self, local: Local) -> int | None:
         return 0 if local[0] == A_DONE else None
 
-    def resume(self, waiting, label: int):
+    def resume(self, waiting: Local, label: int) -> Local:
         _, count, depth, _ = waiting
         return (A_AFTER_ITEM, min(count + 1, self.cap) if self.max_items is None else count + 1, depth, 0)
 
@@ -428,48 +329,53 @@ class ArrayNode(Node):
             return None
         return alt
 
-    def step(self, local, b: int) -> list:
-        phase, count, depth, ws = local
-        layout = self.core.layout
+    def step(self, local: Local, b: int) -> list[Action]:
+        phase, count, depth, _ = local
         if phase == -1:
             return [(STAY, (A_OPEN, 0, depth, 0))] if b == 0x5B else []
-        if phase in (A_OPEN, A_BEFORE_ITEM, A_AFTER_ITEM):
-            closing = phase != A_BEFORE_ITEM and count >= self.min_items
-            item = self._next_item(count) if phase != A_AFTER_ITEM else None
-            comma = phase == A_AFTER_ITEM and self._next_item(count) is not None
-            if layout.mode == "pretty":
-                out = []
-                member_ws = layout.newline(depth + 1)
-                close_ws = b"" if phase == A_OPEN else layout.newline(depth)
-                if item is not None and ws < len(member_ws) and member_ws[ws] == b:
-                    out.append((STAY, (phase, count, depth, ws + 1)))
-                if (
-                    closing
-                    and ws < len(close_ws)
-                    and close_ws[ws] == b
-                    and not (item is not None and member_ws[: ws + 1] == close_ws[: ws + 1])
-                ):
-                    out.append((STAY, (phase, count, depth, ws + 1)))
-                if item is not None and ws == len(member_ws):
-                    out.append((CALL, item, (A_ITEM_WAIT, count, depth, 0), depth + 1))
-                if closing and ws == len(close_ws) and b == 0x5D:
-                    out.append((STAY, (A_DONE, count, depth, 0)))
-                if comma and ws == 0 and b == 0x2C:
-                    out.append((STAY, (A_BEFORE_ITEM, count, depth, 0)))
-                return out
-            if layout.mode == "flexible" and b in WS_BYTES:
-                return [(STAY, local)]
-            out = []
-            if b == 0x5D and closing:
-                out.append((STAY, (A_DONE, count, depth, 0)))
-            if b == 0x2C and comma:
-                out.append((STAY, (A_BEFORE_ITEM, count, depth, 0)))
-            if item is not None:
-                out.append((CALL, item, (A_ITEM_WAIT, count, depth, 0), depth + 1))
-            return out
-        return []
+        if phase not in (A_OPEN, A_BEFORE_ITEM, A_AFTER_ITEM):
+            return []
+        closing = phase != A_BEFORE_ITEM and count >= self.min_items
+        item = self._next_item(count) if phase != A_AFTER_ITEM else None
+        comma = phase == A_AFTER_ITEM and self._next_item(count) is not None
+        if self.core.layout.mode == "pretty":
+            return self._between_items_pretty(local, b, closing, item, comma)
+        if self.core.layout.mode == "flexible" and b in WS_BYTES:
+            return [(STAY, local)]
+        out: list[Action] = []
+        if b == 0x5D and closing:
+            out.append((STAY, (A_DONE, count, depth, 0)))
+        if b == 0x2C and comma:
+            out.append((STAY, (A_BEFORE_ITEM, count, depth, 0)))
+        if item is not None:
+            out.append((CALL, item, (A_ITEM_WAIT, count, depth, 0), depth + 1))
+        return out
 
-    def satisfiable(self, sat_alt) -> bool:
+    def _between_items_pretty(self, local: Local, b: int, closing: bool, item: int | None, comma: bool) -> list[Action]:
+        """``ws`` counts the newline-and-indent bytes written so far (as for objects)."""
+        phase, count, depth, ws = local
+        layout = self.core.layout
+        member_ws = layout.newline(depth + 1)
+        close_ws = b"" if phase == A_OPEN else layout.newline(depth)
+        out: list[Action] = []
+        if item is not None and ws < len(member_ws) and member_ws[ws] == b:
+            out.append((STAY, (phase, count, depth, ws + 1)))
+        if (
+            closing
+            and ws < len(close_ws)
+            and close_ws[ws] == b
+            and not (item is not None and member_ws[: ws + 1] == close_ws[: ws + 1])
+        ):
+            out.append((STAY, (phase, count, depth, ws + 1)))
+        if item is not None and ws == len(member_ws):
+            out.append((CALL, item, (A_ITEM_WAIT, count, depth, 0), depth + 1))
+        if closing and ws == len(close_ws) and b == 0x5D:
+            out.append((STAY, (A_DONE, count, depth, 0)))
+        if comma and ws == 0 and b == 0x2C:
+            out.append((STAY, (A_BEFORE_ITEM, count, depth, 0)))
+        return out
+
+    def satisfiable(self, sat_alt: SatAlt) -> bool:
         for i in range(self.min_items):
             alt = self.alt_at(i)
             if alt is None or not sat_alt(alt):
@@ -484,13 +390,13 @@ class RootNode(Node):
         self.alt = alt
         self.allow_empty = allow_empty  # raw-text grammars (regex) may match the empty string
 
-    def start(self, depth: int) -> list:
+    def start(self, depth: int) -> list[Local]:
         return [0]
 
-    def step(self, local, b: int) -> list:
+    def step(self, local: Local, b: int) -> list[Action]:
         if local == 0:
             return [(CALL, self.alt, 1, 0)]
         return []
 
-    def result(self, local) -> int | None:
+    def result(self, local: Local) -> int | None:
         return 0 if local == 1 or self.allow_empty else None

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 from tritonlm.errors import SchemaError
 
-from .automata import ANY_CHAR, CharClass, CharNFA, cc_char, cc_negate, cc_normalize
+from .automata import CharNFA
+from .charclass import ANY_CHAR, CharClass, cc_char, cc_negate, cc_normalize
 
 MAX_REPEAT = 1000
+_QUANTIFIERS: dict[str, tuple[int, int | None]] = {"*": (0, None), "+": (1, None), "?": (0, 1)}
 
 DIGIT = cc_normalize([(0x30, 0x39)])
 WORD = cc_normalize([(0x30, 0x39), (0x41, 0x5A), (0x5F, 0x5F), (0x61, 0x7A)])
@@ -90,13 +92,15 @@ class _Parser:
 
     def repeat(self) -> Node:
         atom = self.atom()
+        lo: int
+        hi: int | None
         while self.i < self.end:
             c = self.p[self.i]
             if c in "*+?":
                 self.i += 1
-                lo, hi = {"*": (0, None), "+": (1, None), "?": (0, 1)}[c]
-            elif c == "{" and self._brace_quant():
-                lo, hi = self._brace_quant()  # type: ignore[misc]
+                lo, hi = _QUANTIFIERS[c]
+            elif c == "{" and (quant := self._brace_quant()) is not None:
+                lo, hi = quant
                 self.i = self._brace_end
             else:
                 break
@@ -113,6 +117,7 @@ class _Parser:
             return None
         body = self.p[self.i + 1 : j]
         parts = body.split(",")
+        hi: int | None
         try:
             if len(parts) == 1:
                 lo = hi = int(parts[0])

@@ -1,15 +1,23 @@
 """What the constraint engine needs to know about a tokenizer, and the per-tokenizer index
-(token trie and length-sorted byte columns) it precomputes once and caches on disk."""
+(token trie and length-sorted byte columns) it precomputes once and caches on disk.
+
+``TokenizerLike`` is the seam: any object with ``token_bytes``, ``eos_token_ids`` and
+``vocab_size`` (optionally ``special_token_ids``). ``TokenizerInfo.from_tokenizer`` returns
+the same ``TokenizerInfo`` for the same live tokenizer object (held weakly, by identity, in
+one registry here; nothing is written onto the tokenizer).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import tempfile
-from collections.abc import Sequence
+import threading
+import weakref
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -28,6 +36,19 @@ def _gpt2_unicode_to_bytes() -> dict[str, int]:
             chars.append(256 + n)
             n += 1
     return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
+class TokenizerLike(Protocol):
+    """The tokenizer the constraints read (``special_token_ids`` is read when present)."""
+
+    @property
+    def token_bytes(self) -> Sequence[bytes]: ...
+
+    @property
+    def eos_token_ids(self) -> Iterable[int]: ...
+
+    @property
+    def vocab_size(self) -> int: ...
 
 
 @dataclass
@@ -59,14 +80,20 @@ class TokenizerInfo:
         self.fingerprint = h.hexdigest()[:32]
 
     @staticmethod
-    def from_tokenizer(obj: Any) -> TokenizerInfo:
-        """Accepts a TokenizerInfo, or any object with ``token_bytes``, ``eos_token_ids`` and
-        ``vocab_size`` (and optionally ``special_token_ids``)."""
+    def from_tokenizer(obj: TokenizerInfo | TokenizerLike) -> TokenizerInfo:
+        """Accepts a TokenizerInfo, or any ``TokenizerLike`` (the same live object gives the
+        same TokenizerInfo)."""
         if isinstance(obj, TokenizerInfo):
             return obj
-        cached = getattr(obj, "_tritonlm_constraints_info", None)
-        if isinstance(cached, TokenizerInfo):
+        cached = _INFOS.get(obj)
+        if cached is not None:
             return cached
+        info = TokenizerInfo._read(obj)
+        _INFOS.put(obj, info)
+        return info
+
+    @staticmethod
+    def _read(obj: TokenizerLike) -> TokenizerInfo:
         try:
             vocab = list(obj.token_bytes)
             eos = tuple(int(i) for i in obj.eos_token_ids)
@@ -76,12 +103,7 @@ class TokenizerInfo:
                 "tokenizer must be a TokenizerInfo or have token_bytes, eos_token_ids and vocab_size"
             ) from exc
         specials = frozenset(int(i) for i in (getattr(obj, "special_token_ids", None) or ()))
-        info = TokenizerInfo(vocab, eos, size, specials)
-        try:
-            obj._tritonlm_constraints_info = info
-        except (AttributeError, TypeError):
-            pass
-        return info
+        return TokenizerInfo(vocab, eos, size, specials)
 
     @staticmethod
     def from_gguf(path: str | os.PathLike[str]) -> TokenizerInfo:
@@ -155,6 +177,58 @@ class VocabIndex:
         )
         self.arrays = arrays
 
+    def find(self, data: bytes) -> int | None:
+        """The trie node spelling ``data`` (None if no token starts with it)."""
+        cs, cb, cn = self.child_start, self.child_byte, self.child_node
+        n = 0
+        for b in data:
+            for k in range(cs[n], cs[n + 1]):
+                if cb[k] == b:
+                    n = cn[k]
+                    break
+            else:
+                return None
+        return n
+
+    def subtree_tokens(self, n: int) -> list[int]:
+        """Every token whose bytes start with what trie node ``n`` spells."""
+        cs, cn, ts, ti = self.child_start, self.child_node, self.tok_start, self.tok_ids
+        out: list[int] = []
+        todo = [n]
+        while todo:
+            m = todo.pop()
+            out.extend(ti[ts[m] : ts[m + 1]])
+            todo.extend(cn[cs[m] : cs[m + 1]])
+        return out
+
+    def spell(self, data: bytes) -> list[int]:
+        """Greedy longest-match token ids spelling ``data`` (stops early if a byte has no token)."""
+        cs, cb, cn, ts, ti = self.child_start, self.child_byte, self.child_node, self.tok_start, self.tok_ids
+        tokens: list[int] = []
+        i = 0
+        while i < len(data):
+            n = 0
+            best = (-1, i)
+            j = i
+            while j < len(data):
+                lo, hi = cs[n], cs[n + 1]
+                nxt = -1
+                for k in range(lo, hi):
+                    if cb[k] == data[j]:
+                        nxt = cn[k]
+                        break
+                if nxt < 0:
+                    break
+                n = nxt
+                j += 1
+                if ts[n] != ts[n + 1]:
+                    best = (ti[ts[n]], j)
+            if best[0] < 0:
+                break
+            tokens.append(best[0])
+            i = best[1]
+        return tokens
+
     @staticmethod
     def build(vocab: Sequence[bytes], specials: frozenset[int], vocab_size: int) -> dict[str, np.ndarray]:
         ids = [i for i, t in enumerate(vocab) if t and i not in specials]
@@ -224,8 +298,38 @@ class VocabIndex:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
+                np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
             os.replace(tmp, path)
         except OSError:
             pass
         return cls(arrays, info.vocab_size)
+
+
+class _InfoRegistry:
+    """TokenizerInfo per live tokenizer object, by identity; an entry goes with its object."""
+
+    def __init__(self) -> None:
+        self._infos: dict[int, tuple[weakref.ref[Any], TokenizerInfo]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, obj: object) -> TokenizerInfo | None:
+        hit = self._infos.get(id(obj))
+        return hit[1] if hit is not None and hit[0]() is obj else None
+
+    def put(self, obj: object, info: TokenizerInfo) -> None:
+        key = id(obj)
+        try:
+            ref = weakref.ref(obj, lambda dead: self._drop(key, dead))
+        except TypeError:  # not weakly referenceable: not remembered
+            return
+        with self._lock:
+            self._infos[key] = (ref, info)
+
+    def _drop(self, key: int, dead: weakref.ref[Any]) -> None:
+        with self._lock:
+            hit = self._infos.get(key)
+            if hit is not None and hit[0] is dead:
+                del self._infos[key]
+
+
+_INFOS = _InfoRegistry()

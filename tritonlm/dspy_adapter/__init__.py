@@ -8,8 +8,9 @@ Quick start::
 
     dspy.configure(lm=dspy_adapter.lm(), adapter=dspy_adapter.ConstrainedJSONAdapter())
 
-Names are resolved lazily: importing this package (or ``dspy_adapter.prediction``) does not
-import dspy; using any of the names below does.
+Names are resolved lazily: importing this package does not import dspy; using any of the
+names below does (``prediction_from_dict`` is :func:`tritonlm.prediction.prediction_from_dict`,
+shared with ``tritonlm.providers``).
 """
 
 from __future__ import annotations
@@ -17,18 +18,19 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+# exported name -> the module defining it
 _EXPORTS = {
-    "lm": "language_model",
-    "TritonLM": "language_model",
-    "TritonEngine": "engine",
-    "AsyncTritonEngine": "engine",
-    "engine_pair": "engine",
-    "ConstrainedJSONAdapter": "adapter",
-    "signature_json_schema": "schema",
-    "ReAct": "react",
-    "constrain_react": "react",
-    "StreamListener": "streaming",
-    "prediction_from_dict": "prediction",
+    "lm": f"{__name__}.language_model",
+    "TritonLM": f"{__name__}.language_model",
+    "TritonEngine": f"{__name__}.engine",
+    "AsyncTritonEngine": f"{__name__}.engine",
+    "engine_pair": f"{__name__}.engine",
+    "ConstrainedJSONAdapter": f"{__name__}.adapter",
+    "signature_json_schema": f"{__name__}.schema",
+    "ReAct": f"{__name__}.react",
+    "constrain_react": f"{__name__}.react",
+    "StreamListener": f"{__name__}.streaming",
+    "prediction_from_dict": "tritonlm.prediction",
 }
 
 
@@ -36,7 +38,7 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    return getattr(importlib.import_module(module), name)
 
 
 def __dir__() -> list[str]:

@@ -16,6 +16,7 @@ equals what the engine computed.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -39,13 +40,12 @@ from dspy.lm15 import (
 
 from tritonlm.errors import ConfigError, SchemaError, TritonLMError
 from tritonlm.runtime.llm import LLM, AsyncLLM
+from tritonlm.runtime.openai_params import sampling_params_from_openai
 from tritonlm.runtime.outputs import CompletionOutput, RequestOutput
 from tritonlm.runtime.sampling_params import SamplingParams
 
 # Used when a request carries no max_tokens (dspy.LM(max_tokens=None)).
 DEFAULT_MAX_TOKENS = 512
-# JSON mode ({"type": "json_object"}) constrains the output to a JSON object.
-JSON_OBJECT_SCHEMA: dict[str, Any] = {"type": "object"}
 SUPPORTED_PARAMS = frozenset(
     {"temperature", "max_tokens", "top_p", "top_k", "stop", "seed", "response_format", "n", "stream"}
 )
@@ -91,11 +91,11 @@ def request_messages(request: Request) -> list[dict[str, str]]:
     return messages
 
 
-def sampling_params(request: Request, n: int = 1) -> SamplingParams:
-    """``request.config`` as SamplingParams; settings tritonlm cannot honour are refused."""
-    config = request.config
+def _refuse_unsupported(request: Request) -> None:
+    """Settings tritonlm's DSPy engine cannot honour raise instead of being dropped."""
     if request.tools:
         raise UnsupportedFeatureError("tritonlm's DSPy engine has no native tool calling")
+    config = request.config
     unsupported = {
         "tool_choice": config.tool_choice,
         "reasoning": config.reasoning,
@@ -107,23 +107,16 @@ def sampling_params(request: Request, n: int = 1) -> SamplingParams:
     present = sorted(name for name, value in unsupported.items() if value is not None)
     if present:
         raise UnsupportedFeatureError(f"tritonlm's DSPy engine does not support {present}")
-    json_schema: Any = None
-    fmt = config.response_format
-    if fmt is not None:
-        json_schema = fmt["schema"] if fmt["type"] == "json_schema" else JSON_OBJECT_SCHEMA
-    options: dict[str, Any] = {
-        "n": n,
-        "max_tokens": config.max_tokens if config.max_tokens is not None else DEFAULT_MAX_TOKENS,
-        "stop": tuple(config.stop),
-        "seed": config.seed,
-        "json_schema": json_schema,
-    }
-    for name in ("temperature", "top_p", "top_k"):
-        value = getattr(config, name)
-        if value is not None:
-            options[name] = value
+
+
+def sampling_params(request: Request, n: int = 1) -> SamplingParams:
+    """``request.config`` as SamplingParams (through the runtime's OpenAI translator: lm15's
+    config uses the OpenAI spellings); settings tritonlm cannot honour are refused."""
+    _refuse_unsupported(request)
+    config = request.config
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     try:
-        return SamplingParams(**options)
+        return sampling_params_from_openai({**fields, "n": n}, default_max_tokens=DEFAULT_MAX_TOKENS)
     except ConfigError as exc:
         raise InvalidRequestError(str(exc)) from exc
 
@@ -266,14 +259,6 @@ class AsyncTritonEngine(_EngineBase):
         super().__init__(llm, model, owns_llm=owns_llm)
         self.async_llm = AsyncLLM.from_llm(llm)
 
-    async def _generate(self, request: Request, params: SamplingParams) -> RequestOutput:
-        output = None
-        async for delta in self.async_llm.generate(request_messages(request), params):
-            if delta.finished:
-                output = delta.output
-        assert output is not None
-        return output
-
     async def complete(self, request: Request) -> Response:
         validate_request(request)
         group = _candidate_group()
@@ -282,7 +267,8 @@ class AsyncTritonEngine(_EngineBase):
         n = group.n if group is not None else 1
         params = sampling_params(request, n)
         self._count()
-        responses = responses_from_output(await self._generate(request, params), self.model)
+        output = await self.async_llm.complete(request_messages(request), params)
+        responses = responses_from_output(output, self.model)
         if group is not None:
             group.request, group.pending = request, responses[1:]
         return responses[0]

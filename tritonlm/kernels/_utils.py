@@ -18,8 +18,6 @@ import triton.language as tl
 
 from tritonlm.config import env
 
-FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
-
 # torch dtype -> Triton signature string (pointer element type)
 _SIG_DTYPE: dict[torch.dtype, str] = {
     torch.float32: "fp32",

@@ -9,7 +9,6 @@ import triton
 import triton.language as tl
 
 from tritonlm.kernels._utils import (
-    FLOAT_DTYPES,
     KernelSpec,
     check_device,
     check_last_dim_contiguous,
@@ -19,6 +18,7 @@ from tritonlm.kernels._utils import (
     round_to,
     to_dtype,
 )
+from tritonlm.kernels.dtypes import FLOAT_DTYPES
 
 
 class ActivationConfig(NamedTuple):

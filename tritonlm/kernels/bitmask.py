@@ -9,7 +9,6 @@ import triton
 import triton.language as tl
 
 from tritonlm.kernels._utils import (
-    FLOAT_DTYPES,
     KernelSpec,
     check_device,
     check_last_dim_contiguous,
@@ -17,6 +16,7 @@ from tritonlm.kernels._utils import (
     interpreting,
     ptr_sig,
 )
+from tritonlm.kernels.dtypes import FLOAT_DTYPES
 
 
 class BitmaskConfig(NamedTuple):

@@ -16,181 +16,75 @@ invariance).
 The error against the float reference is that of the activation quantization: about 1e-2 of the
 output's max-norm (half a quantization step, ``amax / 254`` per input, summed over K).
 
-Build: at first use the source is compiled with ``g++ -O3 -march=native -fopenmp`` into
-``env().cache_dir / "kernels" / <hash>/``, the hash covering the source, the flags, the compiler's
-predefined macros for those flags (its version and the target's ISA extensions) and the link line;
-the compile runs under a file lock in that folder and the library is moved into place atomically.
-OpenMP is linked against torch's own ``torch/lib/libgomp.so.1`` when torch ships one, so the kernel
-and torch share one OpenMP runtime and thread pool; the kernel runs on ``torch.get_num_threads()``
-threads. :func:`available` is False (and callers fall back to
-:func:`tritonlm.kernels.reference.quant_linear`) when there is no compiler or the build fails;
-importing this module never compiles anything and never raises.
+Build: :mod:`tritonlm.kernels._native` (the package's one build path) compiles the source at
+first use into ``env().cache_dir / "kernels" / quant_gemm-<hash> / quant_gemm.so``, linked against
+torch's own OpenMP runtime; the kernel runs on ``torch.get_num_threads()`` threads.
+:func:`available` is False (and callers fall back to :func:`tritonlm.kernels.reference.quant_linear`)
+when there is no compiler or the build fails; importing this module never compiles anything and
+never raises. ``SOURCE`` and ``COMPILER`` are read at each call (tests point them elsewhere).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import fcntl
 import functools
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from tritonlm.config import env
-from tritonlm.errors import ConfigError, TritonLMError
+from tritonlm.errors import ConfigError
+from tritonlm.kernels import _native
+from tritonlm.kernels._native import COMPILE_FLAGS, COMPILER
+from tritonlm.kernels._native import NativeUnavailable as CpuKernelUnavailable
 from tritonlm.kernels.qweight import QuantizedWeight
 
-SOURCE = Path(__file__).parent / "csrc" / "quant_gemm.cpp"
-COMPILER = "g++"
-COMPILE_FLAGS: tuple[str, ...] = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-std=c++17", "-ffp-contract=off")
-LIB_NAME = "quant_gemm.so"
+SOURCE = _native.CSRC / "quant_gemm.cpp"
+NAME = "quant_gemm"
+LIB_NAME = f"{NAME}.so"
 ABI_VERSION = 3  # must match ABI_VERSION in the source
-BUILD_TIMEOUT_S = 600
 HUGE_PAGES = True  # madvise(MADV_HUGEPAGE) packed matrices of >= 4 MiB (fewer TLB misses when streamed)
 
 
-class CpuKernelUnavailable(TritonLMError, RuntimeError):
-    """The C++ quantized-linear kernel could not be built or loaded on this machine."""
-
-
-# ---- build -----------------------------------------------------------------------------------------
-def _torch_gomp() -> Path | None:
-    """torch's bundled OpenMP runtime, which the kernel links against (None when torch has none)."""
-    path = Path(torch.__file__).parent / "lib" / "libgomp.so.1"
-    return path if path.is_file() else None
-
-
-def _link_args(obj: Path, out: Path) -> list[str]:
-    gomp = _torch_gomp()
-    if gomp is None:
-        return [COMPILER, "-shared", "-fopenmp", str(obj), "-o", str(out)]
-    return [COMPILER, "-shared", str(obj), str(gomp), f"-Wl,-rpath,{gomp.parent}", "-o", str(out)]
-
-
-def _compiler_fingerprint(flags: tuple[str, ...]) -> str:
-    """The compiler's predefined macros under ``flags``: its version and, for ``-march=native``,
-    the ISA extensions of this CPU. Raises CpuKernelUnavailable when there is no working compiler."""
-    path = shutil.which(COMPILER)
-    if path is None:
-        raise CpuKernelUnavailable(f"no C++ compiler: {COMPILER!r} is not on PATH")
-    return _macros(path, flags)
-
-
-@functools.cache
-def _macros(compiler: str, flags: tuple[str, ...]) -> str:
-    try:
-        proc = subprocess.run(
-            [compiler, *flags, "-E", "-dM", "-x", "c++", os.devnull],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise CpuKernelUnavailable(f"{COMPILER} failed to run: {exc}") from exc
-    if proc.returncode != 0:
-        raise CpuKernelUnavailable(f"{COMPILER} rejected the flags {' '.join(flags)}: {proc.stderr.strip()[-2000:]}")
-    return "\n".join(sorted(proc.stdout.splitlines()))
-
-
+# ---- build and load (through tritonlm.kernels._native) ----------------------------------------------
 def library_path(flags: Sequence[str] = COMPILE_FLAGS) -> Path:
-    """Where the kernel built with ``flags`` lives: ``env().cache_dir / "kernels" / <hash> / quant_gemm.so``."""
-    flags = tuple(flags)
-    digest = hashlib.sha256()
-    for part in (
-        SOURCE.read_bytes(),
-        "\0".join(flags).encode(),
-        _compiler_fingerprint(flags).encode(),
-        " ".join(_link_args(Path("o"), Path("so"))).encode(),
-    ):
-        digest.update(part)
-        digest.update(b"\0\1\0")
-    return env().cache_dir / "kernels" / f"quant_gemm-{digest.hexdigest()[:24]}" / LIB_NAME
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """Where the kernel built with ``flags`` lives (see :func:`tritonlm.kernels._native.library_path`)."""
+    return _native.library_path(SOURCE, NAME, flags, COMPILER)
 
 
 def build(flags: Sequence[str] = COMPILE_FLAGS) -> Path:
-    """Compile the kernel with ``flags`` unless the cache has it; the path of the shared library.
-
-    Concurrent builders (threads or processes) serialise on a lock file next to the library;
-    the library appears under its final name only once complete (temp file + rename).
-    """
-    lib = library_path(flags)
-    if lib.is_file():
-        return lib
-    folder = lib.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CpuKernelUnavailable(f"cannot create the kernel cache folder {folder}: {exc}") from exc
-    with _file_lock(folder / ".lock"):
-        if lib.is_file():
-            return lib
-        with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
-            obj, out = Path(tmp) / "quant_gemm.o", Path(tmp) / LIB_NAME
-            for cmd in (
-                [COMPILER, *flags, "-c", str(SOURCE), "-o", str(obj)],
-                _link_args(obj, out),
-            ):
-                try:
-                    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False)
-                except (OSError, subprocess.SubprocessError) as exc:
-                    raise CpuKernelUnavailable(f"{' '.join(cmd)}: {exc}") from exc
-                if proc.returncode != 0:
-                    raise CpuKernelUnavailable(f"{' '.join(cmd)} failed:\n{proc.stderr.strip()[-4000:]}")
-            os.replace(out, lib)
-    return lib
+    """Compile the kernel with ``flags`` unless the cache has it; the path of the shared library
+    (see :func:`tritonlm.kernels._native.build`). Raises CpuKernelUnavailable."""
+    return _native.build(SOURCE, NAME, flags, COMPILER)
 
 
-# ---- loading ---------------------------------------------------------------------------------------
 _i64, _i32, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
 
 
 class _Library:
     """The loaded kernel library with its C signatures declared."""
 
-    def __init__(self, path: Path) -> None:
-        lib = ctypes.CDLL(str(path))
+    def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
         lib.qg_abi_version.restype = _i32
         lib.qg_abi_version.argtypes = []
         if lib.qg_abi_version() != ABI_VERSION:
             raise CpuKernelUnavailable(f"{path}: ABI version {lib.qg_abi_version()}, expected {ABI_VERSION}")
-        lib.qg_isa.restype = ctypes.c_char_p
-        lib.qg_isa.argtypes = []
-        lib.qg_tile_rows.restype = _i32
-        lib.qg_tile_rows.argtypes = []
-        lib.qg_max_threads.restype = _i32
-        lib.qg_max_threads.argtypes = []
-        lib.qg_advise_hugepages.restype = _i32
-        lib.qg_advise_hugepages.argtypes = [_ptr, _i64]
-        lib.qg_has_layout.restype = _i32
-        lib.qg_has_layout.argtypes = [_i32, _i32, _i32, _i32]
-        lib.qg_packed_bytes.restype = _i64
-        lib.qg_packed_bytes.argtypes = [_i64, _i64, _i32, _i32, _i32, _i32]
-        lib.qg_pack.restype = _i32
-        lib.qg_pack.argtypes = [_ptr, _i32, _ptr, _ptr, _i64, _i64, _i32, _i32, _i32, _ptr, _i32]
-        lib.qg_linear.restype = _i32
-        lib.qg_linear.argtypes = [
-            _ptr, _i32, _i64, _i64, _i64, _ptr, _i64, _i32, _i32, _i32, _i32, _ptr, _i32, _ptr, _i32, _i64, _i32,
-        ]  # fmt: skip
+        for fn_name, restype, argtypes in (
+            ("qg_isa", ctypes.c_char_p, []),
+            ("qg_tile_rows", _i32, []),
+            ("qg_max_threads", _i32, []),
+            ("qg_advise_hugepages", _i32, [_ptr, _i64]),
+            ("qg_has_layout", _i32, [_i32, _i32, _i32, _i32]),
+            ("qg_packed_bytes", _i64, [_i64, _i64, _i32, _i32, _i32, _i32]),
+            ("qg_pack", _i32, [_ptr, _i32, _ptr, _ptr, _i64, _i64, _i32, _i32, _i32, _ptr, _i32]),
+            ("qg_linear", _i32, [
+                _ptr, _i32, _i64, _i64, _i64, _ptr, _i64, _i32, _i32, _i32, _i32, _ptr, _i32, _ptr, _i32, _i64, _i32,
+            ]),
+        ):  # fmt: skip
+            fn = getattr(lib, fn_name)
+            fn.restype = restype
+            fn.argtypes = argtypes
         self.path = path
         self.lib = lib
         self.isa: str = lib.qg_isa().decode()
@@ -201,34 +95,19 @@ class _Library:
         return f"_Library({str(self.path)!r}, isa={self.isa!r})"
 
 
-_LOCK = threading.Lock()
-_LOADED: dict[Path, _Library | CpuKernelUnavailable] = {}
-
-
 def load(flags: Sequence[str] = COMPILE_FLAGS) -> _Library:
     """The kernel library built with ``flags`` (built on first use); raises CpuKernelUnavailable.
 
-    A failure is remembered per library path, so a missing compiler is probed once per process.
-    """
-    try:
-        path = library_path(flags)
-    except CpuKernelUnavailable:
-        raise
-    except Exception as exc:  # an unreadable source, an unusable cache_dir ...
-        raise CpuKernelUnavailable(f"cannot locate the kernel library: {exc}") from exc
-    with _LOCK:
-        entry = _LOADED.get(path)
-        if entry is None:
-            try:
-                entry = _Library(build(flags))
-            except CpuKernelUnavailable as exc:
-                entry = exc
-            except Exception as exc:
-                entry = CpuKernelUnavailable(f"loading {path} failed: {exc}")
-            _LOADED[path] = entry
-    if isinstance(entry, CpuKernelUnavailable):
-        raise entry
-    return entry
+    A failure is remembered (by :func:`tritonlm.kernels._native.load`), so a missing compiler is
+    probed once per process."""
+    flags = tuple(flags)
+    return _bind(_native.load(SOURCE, NAME, flags, COMPILER), SOURCE, flags, COMPILER)
+
+
+@functools.cache
+def _bind(lib: ctypes.CDLL, source: Path, flags: tuple[str, ...], compiler: str) -> _Library:
+    """One :class:`_Library` per loaded CDLL (the others are its cache key's parts)."""
+    return _Library(lib, _native.library_path(source, NAME, flags, compiler))
 
 
 def available() -> bool:
@@ -391,7 +270,7 @@ def pack(
         q.data_ptr(),
         weight.bits,
         scales.data_ptr(),
-        offsets.data_ptr() if has_off else None,
+        None if offsets is None else offsets.data_ptr(),
         n,
         k,
         weight.group_size,
@@ -438,7 +317,8 @@ def linear(x: torch.Tensor, packed: CpuQuantWeight, bias: torch.Tensor | None = 
         y = y.to(out_dtype)
         return y if lead is None else y.reshape(*lead, n)
     y = torch.empty((m, n), dtype=x.dtype)
-    bias_ptr, bias_code = None, 0
+    bias_ptr: int | None = None
+    bias_code: int | None = 0
     if bias is not None:
         if bias.shape != (n,):
             raise ConfigError(f"cpu_quant.linear: bias of shape {tuple(bias.shape)}, expected ({n},)")

@@ -19,7 +19,6 @@ import triton.language as tl
 
 from tritonlm.errors import ConfigError
 from tritonlm.kernels._utils import (
-    FLOAT_DTYPES,
     KernelSpec,
     check_device,
     check_last_dim_contiguous,
@@ -30,6 +29,7 @@ from tritonlm.kernels._utils import (
     ptr_sig,
     to_dtype,
 )
+from tritonlm.kernels.dtypes import FLOAT_DTYPES
 
 LOG2E = 1.4426950408889634
 

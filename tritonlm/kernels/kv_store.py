@@ -10,7 +10,6 @@ import triton.language as tl
 
 from tritonlm.errors import ConfigError
 from tritonlm.kernels._utils import (
-    FLOAT_DTYPES,
     KernelSpec,
     check_device,
     check_last_dim_contiguous,
@@ -18,6 +17,7 @@ from tritonlm.kernels._utils import (
     interpreting,
     ptr_sig,
 )
+from tritonlm.kernels.dtypes import FLOAT_DTYPES
 
 
 class KVStoreConfig(NamedTuple):

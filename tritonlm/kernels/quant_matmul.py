@@ -22,7 +22,6 @@ import triton.language as tl
 
 from tritonlm.errors import ConfigError
 from tritonlm.kernels._utils import (
-    FLOAT_DTYPES,
     KernelSpec,
     check_device,
     check_last_dim_contiguous,
@@ -33,6 +32,7 @@ from tritonlm.kernels._utils import (
     ptr_sig,
     to_dtype,
 )
+from tritonlm.kernels.dtypes import FLOAT_DTYPES
 from tritonlm.kernels.qweight import QuantizedWeight
 
 

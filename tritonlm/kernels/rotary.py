@@ -14,7 +14,6 @@ import triton.language as tl
 
 from tritonlm.errors import ConfigError
 from tritonlm.kernels._utils import (
-    FLOAT_DTYPES,
     KernelSpec,
     check_device,
     check_last_dim_contiguous,
@@ -24,6 +23,7 @@ from tritonlm.kernels._utils import (
     round_to,
     to_dtype,
 )
+from tritonlm.kernels.dtypes import FLOAT_DTYPES
 
 
 class RotaryConfig(NamedTuple):

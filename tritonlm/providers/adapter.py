@@ -22,7 +22,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from tritonlm.errors import ConfigError
-from tritonlm.providers.base import BaseProvider, TokenUsage, collect_usage
+from tritonlm.prediction import prediction_from_dict
+from tritonlm.providers.base import Provider, TokenUsage, collect_usage
 from tritonlm.providers.errors import ProviderError, ResourceLimitExceeded, StructuredOutputError
 from tritonlm.providers.json_output import parse_structured_output, validated
 from tritonlm.providers.resources import ResourceTracker, ResourceUsage
@@ -59,16 +60,16 @@ def _checked_overrides(max_tokens: Any, temperature: Any, top_p: Any) -> None:
 
 
 class ProviderAdapter:
-    """Schema-shaped generation over a :class:`BaseProvider`, with resource tracking.
+    """Schema-shaped generation over a :class:`Provider`, with resource tracking.
 
     ``config.track_resources`` gives the adapter a :class:`ResourceTracker` without limits;
     :meth:`set_resource_tracker` replaces it (one with :class:`ResourceLimits`, or one shared
     by several adapters) or removes it (``None``).
     """
 
-    def __init__(self, provider: BaseProvider, config: ProviderConfig | None = None) -> None:
-        if not isinstance(provider, BaseProvider):
-            raise ConfigError(f"provider must be a BaseProvider, got {type(provider).__name__}")
+    def __init__(self, provider: Provider, config: ProviderConfig | None = None) -> None:
+        if not isinstance(provider, Provider):
+            raise ConfigError(f"provider must be a Provider (e.g. a BaseProvider), got {type(provider).__name__}")
         config = config if config is not None else ProviderConfig()
         if not isinstance(config, ProviderConfig):
             raise ConfigError(f"config must be a ProviderConfig, got {type(config).__name__}")
@@ -118,8 +119,6 @@ class ProviderAdapter:
         if schema is not None and not isinstance(schema, dict):
             raise ConfigError(f"schema must be a JSON-schema dict, got {type(schema).__name__}")
         fields = await self._generate(prompt, schema, max_tokens, temperature, top_p, kw)
-        from tritonlm.dspy_adapter.prediction import prediction_from_dict
-
         return prediction_from_dict(fields)
 
     async def _generate(

@@ -1,5 +1,9 @@
 """The provider interface: an async text / stream / structured-output generator.
 
+:class:`Provider` is the seam :class:`~tritonlm.providers.ProviderAdapter` depends on (a
+``Protocol``: any object with these members is a provider); :class:`BaseProvider` is the
+convenient base class implementing its plumbing.
+
 A provider reports the real token usage of every generation it runs through
 :meth:`BaseProvider.report_usage`. The report goes to whatever collector the caller installed
 with :func:`collect_usage` in the current context (``contextvars``), so concurrent calls from
@@ -13,7 +17,7 @@ import contextvars
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from tritonlm.errors import ConfigError
 
@@ -70,6 +74,13 @@ _CURRENT_COLLECTOR: contextvars.ContextVar[UsageCollector | None] = contextvars.
 )
 
 
+def report_usage(prompt_tokens: int, completion_tokens: int) -> None:
+    """Record the real token usage of one generation for the caller's collector, if any."""
+    collector = _CURRENT_COLLECTOR.get()
+    if collector is not None:
+        collector.reports.append(TokenUsage(prompt_tokens, completion_tokens))
+
+
 @contextlib.contextmanager
 def collect_usage() -> Iterator[UsageCollector]:
     """Collect the usage the providers report inside the block (this context only)."""
@@ -79,6 +90,28 @@ def collect_usage() -> Iterator[UsageCollector]:
         yield collector
     finally:
         _CURRENT_COLLECTOR.reset(token)
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """What the adapter needs from a provider. Every generation reports its real usage with
+    :func:`report_usage`; ``count_prompt_tokens`` returns None when it cannot tell cheaply."""
+
+    name: str
+    capabilities: ProviderCapabilities
+
+    @property
+    def supports_structured_output(self) -> bool: ...
+
+    async def generate_text(self, prompt: str, max_tokens: int = ..., temperature: float = ..., **kw: Any) -> str: ...
+
+    def generate_stream(self, prompt: str, **kw: Any) -> AsyncIterator[str]: ...
+
+    async def generate_structured(self, prompt: str, schema: dict[str, Any], **kw: Any) -> dict[str, Any]: ...
+
+    async def check_health(self) -> bool: ...
+
+    def count_prompt_tokens(self, prompt: str) -> int | None: ...
 
 
 class BaseProvider(ABC):
@@ -131,13 +164,19 @@ class BaseProvider(ABC):
 
     @staticmethod
     def report_usage(prompt_tokens: int, completion_tokens: int) -> None:
-        """Record the real token usage of one generation for the caller's collector, if any."""
-        collector = _CURRENT_COLLECTOR.get()
-        if collector is not None:
-            collector.reports.append(TokenUsage(prompt_tokens, completion_tokens))
+        """Record the real token usage of one generation (:func:`report_usage`)."""
+        report_usage(prompt_tokens, completion_tokens)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, capabilities={self.capabilities!r})"
 
 
-__all__ = ["BaseProvider", "ProviderCapabilities", "TokenUsage", "UsageCollector", "collect_usage"]
+__all__ = [
+    "BaseProvider",
+    "Provider",
+    "ProviderCapabilities",
+    "TokenUsage",
+    "UsageCollector",
+    "collect_usage",
+    "report_usage",
+]

@@ -4,34 +4,30 @@ Prompts are sent as one user chat message (the model's chat template is applied)
 optional system message. Structured output runs under the engine's JSON-schema constraint, so
 the text is a JSON object valid under the schema unless generation was cut off by
 ``max_tokens`` (then :class:`StructuredOutputError` carries the partial text).
+
+Generation options (``**kw``) use the OpenAI spellings and go through the runtime's one
+translator to ``SamplingParams`` (``strict``: an unknown option is refused, not ignored); the
+options that shape the result rather than the sampling (:data:`PROVIDER_OWNED_OPTIONS`) are
+the provider's own and refused too.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tritonlm.errors import ConfigError, InferenceError
+from tritonlm.errors import ConfigError
 from tritonlm.providers.base import BaseProvider, ProviderCapabilities
 from tritonlm.providers.errors import StructuredOutputError
 from tritonlm.providers.json_output import parse_structured_output
 
-# SamplingParams fields a caller may pass through **kw (others are rejected, not ignored)
-_PASSTHROUGH = frozenset(
-    {
-        "top_p",
-        "top_k",
-        "min_p",
-        "seed",
-        "stop",
-        "stop_token_ids",
-        "presence_penalty",
-        "frequency_penalty",
-        "repetition_penalty",
-        "ignore_eos",
-    }
-)
+if TYPE_CHECKING:
+    from tritonlm.runtime.llm import LLM, AsyncLLM
+    from tritonlm.runtime.sampling_params import SamplingParams
+
+# one completion's text is the result, and structured output is generate_structured's job
+PROVIDER_OWNED_OPTIONS = frozenset({"n", "logprobs", "top_logprobs", "response_format"})
 
 SCHEMA_INSTRUCTION = "Answer with one JSON object that is valid under this JSON schema:\n{schema}"
 
@@ -46,7 +42,7 @@ class LocalProvider(BaseProvider):
 
     def __init__(
         self,
-        engine: Any,
+        engine: AsyncLLM | LLM,
         *,
         name: str = "tritonlm-local",
         system_prompt: str | None = None,
@@ -59,7 +55,7 @@ class LocalProvider(BaseProvider):
         if not isinstance(engine, AsyncLLM):
             raise ConfigError(f"LocalProvider needs an AsyncLLM or LLM, got {type(engine).__name__}")
         super().__init__(name, ProviderCapabilities(streaming=True, structured_output=True, reasoning=False))
-        self.engine = engine
+        self.engine: AsyncLLM = engine
         self.system_prompt = system_prompt
         self.describe_schema = describe_schema
 
@@ -72,24 +68,27 @@ class LocalProvider(BaseProvider):
         return chat
 
     def count_prompt_tokens(self, prompt: str) -> int | None:
-        return len(self.engine.llm.engine.tokenize_prompt(self.messages(prompt)))
+        return len(self.engine.tokenize(self.messages(prompt)))
 
-    def _params(self, max_tokens: int, temperature: float, kw: dict[str, Any], **constraint: Any) -> Any:
-        from tritonlm.runtime.sampling_params import SamplingParams
+    def _params(
+        self, max_tokens: int, temperature: float, kw: dict[str, Any], schema: dict[str, Any] | None = None
+    ) -> SamplingParams:
+        from tritonlm.runtime.openai_params import RequestFieldError, sampling_params_from_openai
 
-        unknown = set(kw) - _PASSTHROUGH
-        if unknown:
-            raise ConfigError(f"{self.name}: unsupported generation options {sorted(unknown)}")
-        return SamplingParams(max_tokens=max_tokens, temperature=temperature, **kw, **constraint)
+        owned = sorted(PROVIDER_OWNED_OPTIONS & set(kw))
+        if owned:
+            raise ConfigError(f"{self.name}: unsupported generation options {owned}")
+        fields = {**kw, "max_tokens": max_tokens, "temperature": temperature}
+        if schema is not None:
+            fields["response_format"] = {"type": "json_schema", "schema": schema}
+        try:
+            return sampling_params_from_openai(fields, strict=True)
+        except RequestFieldError as exc:
+            raise ConfigError(f"{self.name}: {exc}") from exc
 
-    async def _run(self, prompt: Any, params: Any) -> tuple[str, str | None]:
+    async def _run(self, prompt: Any, params: SamplingParams) -> tuple[str, str | None]:
         """(text, finish_reason) of one request; reports its usage; engine errors re-raised."""
-        output = None
-        async for delta in self.engine.generate(prompt, params):
-            if delta.finished:
-                output = delta.output
-        if output is None:
-            raise InferenceError(f"{self.name}: the engine finished without an output")
+        output = await self.engine.complete(prompt, params)
         self.report_usage(output.usage.prompt_tokens, output.usage.completion_tokens)
         if output.error is not None:
             raise output.error
@@ -120,7 +119,7 @@ class LocalProvider(BaseProvider):
         temperature = kw.pop("temperature", 0.3)
         if self.describe_schema:
             prompt = f"{prompt}\n\n{SCHEMA_INSTRUCTION.format(schema=json.dumps(schema, separators=(',', ':')))}"
-        params = self._params(max_tokens, temperature, kw, json_schema=schema)
+        params = self._params(max_tokens, temperature, kw, schema)
         text, finish_reason = await self._run(self.messages(prompt), params)
         if finish_reason == "length":
             raise StructuredOutputError(
@@ -130,14 +129,10 @@ class LocalProvider(BaseProvider):
 
     async def check_health(self) -> bool:
         """True when a one-token request goes through the engine."""
-        from tritonlm.runtime.sampling_params import SamplingParams
-
         try:
-            output = None
-            async for delta in self.engine.generate([0], SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)):
-                if delta.finished:
-                    output = delta.output
-            return output is not None and output.error is None
+            params = self._params(1, 0.0, {"ignore_eos": True})
+            output = await self.engine.complete([0], params)
+            return output.error is None
         except Exception:
             return False
 

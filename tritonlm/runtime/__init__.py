@@ -1,4 +1,10 @@
-"""Continuous-batching runtime: block manager, scheduler, model runner, sampler, engine, LLM API."""
+"""Continuous-batching runtime.
+
+Layers, bottom up: bookkeeping without torch (``request``, ``block_manager``, ``scheduler``,
+``structured_output``, ``output_processor``, ``inputs``, ``sampling_params``, ``openai_params``);
+tensors (``model_runner``, ``sampler``); the ``engine`` that steps them; the facade
+(``engine_loop``, ``llm``: ``LLM`` and ``AsyncLLM``) that edges such as the server use.
+"""
 
 from __future__ import annotations
 

@@ -1,203 +1,32 @@
 """The public API: ``LLM`` (blocking and streaming) and ``AsyncLLM`` (async iterators).
 
-One background thread owns the :class:`Engine` and loops schedule -> step; any thread may
-submit or abort. Submissions that arrive while a step runs join the batch at the next step,
-so many threads calling :meth:`LLM.generate` at once are served together.
+One background thread (:class:`~tritonlm.runtime.engine_loop.EngineLoop`) owns the
+:class:`Engine` and loops schedule -> step; any thread may submit or abort. Submissions that
+arrive while a step runs join the batch at the next step, so many threads calling
+:meth:`LLM.generate` at once are served together. Besides generation the facade answers what
+the edges (server, DSPy, providers) need: :attr:`LLM.max_model_len`, :meth:`LLM.tokenize`,
+:meth:`LLM.metrics`, and :meth:`AsyncLLM.complete`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import contextlib
 import queue
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from tritonlm.config import ModelConfig, env
-from tritonlm.errors import ConfigError, InferenceError, TritonLMError
-from tritonlm.runtime.engine import Engine, EngineConfig, Prompt, failed_output
+from tritonlm.config import ModelConfig
+from tritonlm.errors import ConfigError, InferenceError
+from tritonlm.runtime.config import EngineConfig
+from tritonlm.runtime.engine import Engine
+from tritonlm.runtime.engine_loop import EngineLoop, Sink, TextStream, apply_thread_setting
+from tritonlm.runtime.inputs import Prompt, split_prompts
+from tritonlm.runtime.metrics import EngineMetrics, EngineStats
 from tritonlm.runtime.outputs import RequestOutput, StreamDelta
 from tritonlm.runtime.sampling_params import SamplingParams
 from tritonlm.threads import call_on_fresh_thread
-
-Sink = Callable[[StreamDelta], None]
-
-_TORCH_DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class _Submission:
-    request_id: str
-    prompt: Prompt
-    params: SamplingParams
-    sink: Sink
-
-
-class EngineLoop:
-    """Runs one :class:`Engine` on a daemon thread; ``submit`` and ``abort`` are thread-safe.
-
-    Every delta of a request goes to the sink given at submission, called on the loop
-    thread; the last one has ``finished=True`` and carries the :class:`RequestOutput`.
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._cond = threading.Condition()
-        self._submissions: list[_Submission] = []
-        self._aborts: list[str] = []
-        self._sinks: dict[str, Sink] = {}
-        self._ids = itertools.count()
-        self._closed = False
-        self._thread: threading.Thread | None = None
-        self.loop_error: BaseException | None = None
-
-    def new_request_id(self) -> str:
-        return f"r{next(self._ids)}"
-
-    def submit(self, prompt: Prompt, params: SamplingParams, sink: Sink, request_id: str | None = None) -> str:
-        request_id = request_id if request_id is not None else self.new_request_id()
-        with self._cond:
-            if self._closed:
-                raise InferenceError("the engine is closed")
-            self._submissions.append(_Submission(request_id, prompt, params, sink))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="tritonlm-engine", daemon=True)
-                self._thread.start()
-            self._cond.notify()
-        return request_id
-
-    def abort(self, request_id: str) -> None:
-        with self._cond:
-            self._aborts.append(request_id)
-            self._cond.notify()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=60)
-
-    def _run(self) -> None:
-        _apply_thread_setting()  # torch's thread count is per thread (an OpenMP setting)
-        engine = self.engine
-        while True:
-            with self._cond:
-                while not (self._submissions or self._aborts or self._closed or engine.has_unfinished_requests):
-                    self._cond.wait()
-                if self._closed:
-                    break
-                submissions, self._submissions = self._submissions, []
-                aborts, self._aborts = self._aborts, []
-            for sub in submissions:
-                self._admit(sub)
-            for request_id in aborts:
-                engine.abort(request_id)
-            try:
-                deltas = engine.step()
-            except Exception as exc:  # a bug in the engine itself: fail everything in flight
-                self.loop_error = exc
-                deltas = []
-                for request_id in list(self._sinks):
-                    error = InferenceError(f"the engine loop failed: {exc!r}")
-                    error.__cause__ = exc
-                    self._sinks.pop(request_id)(
-                        StreamDelta(request_id, 0, "", finished=True, output=failed_output(request_id, None, error))
-                    )
-                engine.abort_all()
-            for delta in deltas:
-                sink = self._sinks.get(delta.request_id)
-                if sink is None:
-                    continue
-                if delta.finished:
-                    del self._sinks[delta.request_id]
-                sink(delta)
-        # closed: abort what is left
-        for request_id, sink in list(self._sinks.items()):
-            sink(
-                StreamDelta(
-                    request_id,
-                    0,
-                    "",
-                    finished=True,
-                    output=failed_output(request_id, None, InferenceError("the engine was closed")),
-                )
-            )
-        self._sinks.clear()
-
-    def _admit(self, sub: _Submission) -> None:
-        def reject(error: BaseException) -> None:
-            output = failed_output(sub.request_id, sub.prompt, error, getattr(sub.params, "n", 1))
-            sub.sink(StreamDelta(sub.request_id, 0, "", finished=True, output=output))
-
-        if sub.request_id in self._sinks:
-            reject(ConfigError(f"request id {sub.request_id!r} is already in use"))
-            return
-        try:
-            self.engine.add_request(sub.prompt, sub.params, sub.request_id)
-        except TritonLMError as exc:
-            reject(exc)
-            return
-        except Exception as exc:
-            error = InferenceError(f"request {sub.request_id} could not be added: {exc!r}")
-            error.__cause__ = exc
-            reject(error)
-            return
-        self._sinks[sub.request_id] = sub.sink
-
-
-class TextStream:
-    """Iterates the text deltas of completion 0 of one request; afterwards ``output`` holds the
-    :class:`RequestOutput` (usage: token counts, time to first token, tokens/s). A failed request
-    raises its error from the iteration. Closing the stream early aborts the request."""
-
-    def __init__(self, loop: EngineLoop, prompt: Prompt, params: SamplingParams) -> None:
-        self._loop = loop
-        self._queue: queue.Queue[StreamDelta] = queue.Queue()
-        self.output: RequestOutput | None = None
-        self.request_id = loop.submit(prompt, params, self._queue.put)
-        self._iter = self._deltas()
-
-    def _deltas(self) -> Iterator[str]:
-        try:
-            while True:
-                delta = self._queue.get()
-                if delta.index == 0 and delta.text:
-                    yield delta.text
-                if delta.finished:
-                    self.output = delta.output
-                    break
-        finally:
-            if self.output is None:
-                self._loop.abort(self.request_id)
-        if self.output is not None and self.output.error is not None:
-            raise self.output.error
-
-    def __iter__(self) -> TextStream:
-        return self
-
-    def __next__(self) -> str:
-        return next(self._iter)
-
-    def close(self) -> None:
-        self._iter.close()
-
-
-def _split_prompts(prompts: Any) -> list[Prompt]:
-    """One prompt (text, chat messages, token ids) or a list of them -> a list of prompts."""
-    if isinstance(prompts, str):
-        return [prompts]
-    if isinstance(prompts, Sequence):
-        if prompts and all(isinstance(m, dict) for m in prompts):
-            return [prompts]
-        if prompts and all(isinstance(t, int) and not isinstance(t, bool) for t in prompts):
-            return [prompts]
-        return list(prompts)
-    raise ConfigError(f"prompts: expected a prompt or a list of prompts, got {type(prompts).__name__}")
 
 
 class LLM:
@@ -253,10 +82,10 @@ class LLM:
         )
         from tritonlm.model.loader import load_model
 
-        _apply_thread_setting()
+        apply_thread_setting()
         loaded = load_model(
             model_config.model,
-            dtype=_TORCH_DTYPES[model_config.dtype],
+            dtype=model_config.dtype,
             device=model_config.device,
             backend=backend,
             deterministic=model_config.deterministic,
@@ -274,7 +103,7 @@ class LLM:
         else:
             model, tokenizer, name = loaded.model, loaded.tokenizer, getattr(loaded, "name", "model")
         self = cls.__new__(cls)
-        _apply_thread_setting()
+        apply_thread_setting()
         self._setup(model, tokenizer, EngineConfig(**engine_options), name)
         return self
 
@@ -294,7 +123,7 @@ class LLM:
         A prompt that cannot be served (too long, bad tokens) gets an output whose completions
         have ``finish_reason='error'`` and ``error`` set; the others are unaffected.
         """
-        prompt_list = _split_prompts(prompts)
+        prompt_list = split_prompts(prompts)
         if params is None or isinstance(params, SamplingParams):
             param_list = [params or SamplingParams()] * len(prompt_list)
         else:
@@ -333,7 +162,21 @@ class LLM:
         self._loop.abort(request_id)
 
     @property
-    def stats(self) -> Any:
+    def max_model_len(self) -> int:
+        """Tokens one sequence may hold, prompt included."""
+        return self.engine.max_model_len
+
+    def tokenize(self, prompt: Prompt) -> list[int]:
+        """The token ids the engine would run for ``prompt`` (text as is, chat messages through the
+        chat template, token ids checked). Raises :class:`~tritonlm.errors.TokenizationError`."""
+        return self.engine.inputs.tokenize(prompt)
+
+    def metrics(self) -> EngineMetrics:
+        """A snapshot of the engine's queues, KV cache and counters (any thread)."""
+        return self.engine.metrics()
+
+    @property
+    def stats(self) -> EngineStats:
         return self.engine.stats
 
     def close(self) -> None:
@@ -344,6 +187,19 @@ class LLM:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass
+class _LoopSink:
+    """Hands deltas from the engine thread to an asyncio queue; drops them once the event loop
+    has closed (its consumer is gone; the request is being aborted)."""
+
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[StreamDelta]
+
+    def __call__(self, delta: StreamDelta) -> None:
+        with contextlib.suppress(RuntimeError):  # "Event loop is closed"
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, delta)
 
 
 class AsyncLLM:
@@ -365,12 +221,10 @@ class AsyncLLM:
 
     async def generate(
         self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None
-    ) -> AsyncIterator[StreamDelta]:
+    ) -> AsyncGenerator[StreamDelta, None]:
         loop = asyncio.get_running_loop()
         deltas: asyncio.Queue[StreamDelta] = asyncio.Queue()
-        request_id = self.llm.submit(
-            prompt, params or SamplingParams(), lambda d: loop.call_soon_threadsafe(deltas.put_nowait, d), request_id
-        )
+        request_id = self.llm.submit(prompt, params or SamplingParams(), _LoopSink(loop, deltas), request_id)
         finished = False
         try:
             while not finished:
@@ -381,17 +235,35 @@ class AsyncLLM:
             if not finished:
                 self.llm.abort(request_id)
 
+    async def complete(
+        self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None
+    ) -> RequestOutput:
+        """Generate to the end; the :class:`RequestOutput` of the finished delta. A failed request is
+        returned, not raised (its ``error`` is set). Cancelling the await aborts the request."""
+        output: RequestOutput | None = None
+        async with contextlib.aclosing(self.generate(prompt, params, request_id)) as deltas:
+            async for delta in deltas:
+                if delta.finished:
+                    output = delta.output
+        if output is None:  # pragma: no cover - the loop always ends a request with an output
+            raise InferenceError("the engine finished a request without an output")
+        return output
+
+    @property
+    def max_model_len(self) -> int:
+        return self.llm.max_model_len
+
+    def tokenize(self, prompt: Prompt) -> list[int]:
+        return self.llm.tokenize(prompt)
+
+    def metrics(self) -> EngineMetrics:
+        return self.llm.metrics()
+
     def abort(self, request_id: str) -> None:
         self.llm.abort(request_id)
 
     def close(self) -> None:
         self.llm.close()
-
-
-def _apply_thread_setting() -> None:
-    threads = env().num_threads
-    if threads is not None:
-        torch.set_num_threads(threads)
 
 
 __all__ = ["LLM", "AsyncLLM", "EngineLoop", "SamplingParams", "TextStream"]

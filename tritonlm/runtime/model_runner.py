@@ -7,12 +7,19 @@ of the last token of each request whose step reaches the end of its known tokens
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from tritonlm.model.attention import AttentionMetadata, KVCache
 from tritonlm.model.qwen2 import Qwen2ForCausalLM
 from tritonlm.runtime.block_manager import BlockManager
+from tritonlm.runtime.config import EngineConfig, KVCachePlan, max_blocks_needed, plan_kv_cache
 from tritonlm.runtime.scheduler import SchedulerOutput
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 
 def available_memory_bytes(device: torch.device) -> int:
@@ -41,6 +48,7 @@ def num_kv_blocks(
     """How many blocks the cache gets: ``kv_cache_bytes``, else ``kv_cache_fraction`` of free memory,
     at most ``max_blocks``."""
     c = model.config
+    assert c.head_dim is not None  # resolved by Qwen2Config
     per_block = KVCache.bytes_per_block(c.num_hidden_layers, block_size, c.num_key_value_heads, c.head_dim, model.dtype)
     budget = (
         kv_cache_bytes if kv_cache_bytes is not None else int(available_memory_bytes(model.device) * kv_cache_fraction)
@@ -51,7 +59,25 @@ def num_kv_blocks(
     return int(blocks)
 
 
+def size_kv_cache(model: Qwen2ForCausalLM, config: EngineConfig) -> KVCachePlan:
+    """The KV cache ``config`` asks for on this model and device (see :class:`EngineConfig`)."""
+    context = model.config.max_position_embeddings
+    blocks_that_fit = None
+    if config.num_kv_blocks is None:
+        blocks_that_fit = num_kv_blocks(
+            model,
+            config.block_size,
+            kv_cache_bytes=config.kv_cache_bytes,
+            kv_cache_fraction=config.kv_cache_fraction,
+            max_blocks=max_blocks_needed(config, context),
+        )
+    return plan_kv_cache(config, context, blocks_that_fit)
+
+
 class ModelRunner:
+    """Owns the KV cache and every tensor of a step: packs a batch, runs the forward, returns
+    the sampling rows' logits, and masks them by a grammar bitmask."""
+
     def __init__(self, model: Qwen2ForCausalLM, block_manager: BlockManager) -> None:
         self.model = model
         self.block_size = block_manager.block_size
@@ -73,7 +99,7 @@ class ModelRunner:
         # one-token sequences first: in a mixed batch they take the batched decode attention
         scheduled = batch.num_scheduled_tokens
         order = [rid for rid, n in scheduled.items() if n == 1] + [rid for rid, n in scheduled.items() if n > 1]
-        num_decode_seqs = len(order) - sum(1 for n in scheduled.values() if n > 1)
+        num_decode_seqs = sum(1 for n in scheduled.values() if n == 1)
         for request_id in order:
             num_new = scheduled[request_id]
             request = batch.requests[request_id]
@@ -82,20 +108,12 @@ class ModelRunner:
             end = start + num_new
             input_ids.extend(request.token_ids[start:end])
             positions.extend(range(start, end))
-            if num_new == 1:
-                slots.append(table[start // bs] * bs + start % bs)
-            else:
-                slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
             context_lens.append(end)
             cu_seqlens.append(cu_seqlens[-1] + num_new)
             tables.append(table)
             last_row[request_id] = cu_seqlens[-1] - 1
-        # sampling rows in batch order (the order the engine samples in)
-        sample_rows = [
-            last_row[rid]
-            for rid, n in scheduled.items()
-            if batch.requests[rid].num_computed_tokens + n == batch.requests[rid].num_tokens
-        ]
+        sample_rows = [last_row[r.request_id] for r in batch.sampling_requests()]
         width = max(self.block_manager.blocks_for(n) for n in context_lens)
         padded = [t[:width] + [0] * (width - len(t[:width])) for t in tables]
         device = self.device
@@ -117,11 +135,19 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, batch: SchedulerOutput) -> torch.Tensor:
         """Run one forward; stores the new tokens' k/v. Returns float32 logits ``[N, V]``, one row
-        per request that samples this step, in batch order."""
+        per request that samples this step (:meth:`SchedulerOutput.sampling_requests` order)."""
         input_ids, positions, attn, sample_rows = self.prepare(batch)
         hidden = self.model.forward(input_ids, positions, attn, self.kv_cache)
         if not sample_rows:
             return torch.empty(0, self.model.config.vocab_size, dtype=torch.float32, device=self.device)
         rows = torch.tensor(sample_rows, dtype=torch.int64, device=self.device)
-        packed = attn.is_decode or attn.num_decode_seqs > 0  # as the forward chose
+        packed = self.model.uses_packed_matmul(attn)
         return self.model.compute_logits(hidden.index_select(0, rows), packed=packed)
+
+    @torch.inference_mode()
+    def apply_token_bitmask(self, logits: torch.Tensor, rows: list[int], bitmask: NDArray[np.int32]) -> None:
+        """Set ``logits[rows[j], t]`` to -inf, in place, where bit ``t`` of ``bitmask[j]`` is 0
+        (``bitmask [len(rows), ceil(V / 32)]`` int32)."""
+        sub = logits[rows]
+        self.model.ops.apply_token_bitmask(sub, torch.from_numpy(bitmask).to(logits.device))
+        logits[rows] = sub

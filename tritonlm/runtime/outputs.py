@@ -1,13 +1,20 @@
-"""What a request returns: completions, usage and timing, and streamed deltas."""
+"""What a request returns: completions, usage and timing, and streamed deltas. No torch."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tritonlm.runtime.sampler import TokenLogprob
-
 FinishReason = Literal["stop", "length", "abort", "error"]
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """The chosen token's logprob and the ``k`` most likely alternatives (``(token_id, logprob)``)."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]
 
 
 @dataclass

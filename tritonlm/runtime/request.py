@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from tritonlm.runtime.outputs import FinishReason
 from tritonlm.runtime.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from tritonlm.runtime.structured_output import GrammarMatcher
 
 
 class RequestStatus(enum.Enum):
@@ -41,10 +45,9 @@ class Request:
     num_computed_tokens: int = 0
     num_cached_tokens: int = 0  # prompt tokens found in the prefix cache at the first admission
     num_preemptions: int = 0
-    finish_reason: str | None = None
+    finish_reason: FinishReason | None = None
     error: BaseException | None = None
-    matcher: Any = None  # a constraints Matcher, or None
-    scratch: dict[str, Any] = field(default_factory=dict)  # engine-side per-request state
+    matcher: GrammarMatcher | None = None  # the request's grammar state (constrained output only)
 
     @property
     def num_tokens(self) -> int:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tritonlm.runtime.outputs import TokenLogprob
 from tritonlm.runtime.request import Request
 
 _MASK64 = (1 << 63) - 1
@@ -33,15 +34,6 @@ def draw_seed(sampling_seed: int, position: int) -> int:
 def draw_uniform(sampling_seed: int, position: int) -> float:
     """A uniform number in [0, 1) that depends only on the request's seed and the position."""
     return (draw_seed(sampling_seed, position) >> 10) / float(1 << 53)
-
-
-@dataclass(frozen=True)
-class TokenLogprob:
-    """The chosen token's logprob and the ``k`` most likely alternatives (``(token_id, logprob)``)."""
-
-    token_id: int
-    logprob: float
-    top: tuple[tuple[int, float], ...]
 
 
 @dataclass
@@ -144,3 +136,6 @@ def sample_rows(logits: torch.Tensor, requests: Sequence[Request]) -> torch.Tens
     uniforms = torch.tensor([draw_uniform(r.sampling_seed, r.num_tokens) for r in requests], dtype=torch.float64)
     targets = uniforms.to(device)[:, None] * cdf[:, -1:]
     return torch.searchsorted(cdf, targets, right=True).squeeze(1).clamp_(max=vocab - 1)
+
+
+__all__ = ["Sampler", "SamplerOutput", "TokenLogprob", "apply_penalties", "draw_seed", "draw_uniform", "sample_rows"]

@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from tritonlm.runtime.block_manager import BlockManager
+from tritonlm.runtime.outputs import FinishReason
 from tritonlm.runtime.request import Request, RequestStatus
 
 
@@ -33,8 +34,16 @@ class SchedulerOutput:
         return sum(self.num_scheduled_tokens.values())
 
     def samples(self, request: Request) -> bool:
-        """Whether this step reaches the end of the request's tokens (so a token is sampled)."""
+        """Whether this step reaches the end of the request's tokens, so a token is sampled for it.
+
+        The one rule of who samples (the runner's logits rows, the grammar masks and the sampler
+        all follow it). Valid until the step's tokens are marked computed.
+        """
         return request.num_computed_tokens + self.num_scheduled_tokens[request.request_id] == request.num_tokens
+
+    def sampling_requests(self) -> list[Request]:
+        """The requests that sample this step, in batch order (the order of the logits rows)."""
+        return [r for r in self.requests.values() if self.samples(r)]
 
 
 class Scheduler:
@@ -120,7 +129,7 @@ class Scheduler:
             request.num_computed_tokens += num_tokens
             self.block_manager.register_full_blocks(request_id, request.token_ids, request.num_computed_tokens)
 
-    def finish(self, request: Request, reason: str) -> None:
+    def finish(self, request: Request, reason: FinishReason) -> None:
         """Finish a request wherever it is (running, waiting or already finished: then a no-op)."""
         if request.status is RequestStatus.FINISHED:
             return

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tritonlm.providers.rust_generator import RustFunctionSpec
+from tritonlm.providers.rust import RustFunctionSpec
 
 RUST_SPECS: tuple[RustFunctionSpec, ...] = (
     RustFunctionSpec(

@@ -1,6 +1,8 @@
-"""``dspy.Prediction`` objects built from plain dicts (the providers' results).
+"""``dspy.Prediction`` objects built from plain dicts: the result type both integrations share.
 
-dspy is imported lazily, inside the functions: importing this module does not need dspy.
+It lives at the top of the package so that ``providers`` (whose adapter returns predictions)
+and ``dspy_adapter`` can both use it without importing each other. dspy is imported lazily,
+on the first prediction built: importing this module (or ``tritonlm``) does not need dspy.
 
 The prediction is a subclass of ``dspy.Prediction`` whose fields are readable three ways:
 as attributes (``pred.code``), dict-style (``pred["code"]``, ``pred.keys()``, ``dict(pred.items())``)
@@ -13,20 +15,20 @@ still readable dict-style.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
-_PREDICTION_CLASS: type | None = None
+from tritonlm.errors import ConfigError
 
 
 def _mirrorable(cls: type, key: Any) -> bool:
     return isinstance(key, str) and not key.startswith("_") and not hasattr(cls, key)
 
 
+@functools.cache
 def _prediction_class() -> type:
-    global _PREDICTION_CLASS
-    if _PREDICTION_CLASS is not None:
-        return _PREDICTION_CLASS
+    """The ``dspy.Prediction`` subclass, defined once dspy is importable."""
     import dspy
 
     class SchemaPrediction(dspy.Prediction):
@@ -58,7 +60,6 @@ def _prediction_class() -> type:
             else:
                 super().__delattr__(key)
 
-    _PREDICTION_CLASS = SchemaPrediction
     return SchemaPrediction
 
 
@@ -67,8 +68,6 @@ def prediction_from_dict(fields: Mapping[str, Any]) -> Any:
     try:
         cls = _prediction_class()
     except ImportError as exc:
-        from tritonlm.errors import ConfigError
-
         raise ConfigError("building a dspy.Prediction needs dspy: pip install 'dspy>=3.4'") from exc
     return cls(**dict(fields))
 
