@@ -1,6 +1,6 @@
 """tritonlm: Qwen2.5 inference with Triton kernels, continuous batching and constrained decoding.
 
-The public API is small: ``LLM``, ``AsyncLLM`` and ``SamplingParams`` (imported lazily, so
+The public API is small: ``LLM``, ``AsyncLLM``, ``SamplingParams`` and ``RequestLimits`` (imported lazily, so
 ``import tritonlm`` stays cheap and pulls in no optional dependency), plus ``tritonlm.errors``.
 """
 
@@ -16,9 +16,11 @@ _LAZY = {
     "LLM": "tritonlm.runtime.llm",
     "AsyncLLM": "tritonlm.runtime.llm",
     "SamplingParams": "tritonlm.runtime.sampling_params",
+    "RequestLimits": "tritonlm.runtime.config",
 }
 
 if TYPE_CHECKING:
+    from tritonlm.runtime.config import RequestLimits
     from tritonlm.runtime.llm import LLM, AsyncLLM
     from tritonlm.runtime.sampling_params import SamplingParams
 
@@ -33,4 +35,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'tritonlm' has no attribute {name!r}")
 
 
-__all__ = ["LLM", "AsyncLLM", "SamplingParams", "__version__", "errors"]
+__all__ = ["LLM", "AsyncLLM", "RequestLimits", "SamplingParams", "__version__", "errors"]

@@ -1,4 +1,4 @@
-"""Command line: ``tritonlm generate``, ``tritonlm convert`` (also ``python -m tritonlm``)."""
+"""Command line: ``tritonlm generate``, ``tritonlm serve``, ``tritonlm convert`` (also ``python -m tritonlm``)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from tritonlm.config import BACKENDS, DTYPES, FLOAT_DTYPE_NAMES
+from tritonlm.config import BACKENDS, DTYPES, FLOAT_DTYPE_NAMES, env
 from tritonlm.errors import TritonLMError
+
+# `serve` flag -> RequestLimits field; a flag left out keeps the engine's default
+_LIMIT_FLAGS = {
+    "max_n": "max_n",
+    "max_request_tokens": "max_request_tokens",
+    "compile_time_budget": "compile_time_budget_s",
+    "compile_size_budget": "compile_size_budget",
+    "mask_time_budget": "mask_time_budget_s",
+    "grammar_cache_bytes": "grammar_cache_bytes",
+}
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -84,6 +94,34 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-num-seqs", type=int, default=64)
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--log-level", default="info")
+    access = p.add_argument_group("access")
+    access.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on /v1/* (default: $TRITONLM_API_KEY, else no key; "
+        "prefer the variable, a flag shows in the process list)",
+    )
+    access.add_argument(
+        "--allowed-hosts",
+        default=None,
+        help="comma-separated Host header values to answer (names or name:port); others get 400 (default: any)",
+    )
+    access.add_argument(
+        "--max-request-bytes", type=int, default=None, help="largest request body accepted, else 413 (default: 4 MiB)"
+    )
+    limits = p.add_argument_group("per-request limits (default: the engine's RequestLimits)")
+    limits.add_argument("--max-n", type=int, default=None, help="most completions one request may ask for (n)")
+    limits.add_argument("--max-request-tokens", type=int, default=None, help="most n * max_tokens of one request")
+    limits.add_argument(
+        "--compile-time-budget", type=float, default=None, help="seconds one response_format grammar may compile"
+    )
+    limits.add_argument(
+        "--compile-size-budget", type=int, default=None, help="automaton states and alternatives of one compile"
+    )
+    limits.add_argument(
+        "--mask-time-budget", type=float, default=None, help="seconds one grammar state's token mask may take"
+    )
+    limits.add_argument("--grammar-cache-bytes", type=int, default=None, help="bytes of compiled grammars kept")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,14 +177,23 @@ def _convert(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     try:
         from tritonlm.server import serve
+        from tritonlm.server.guards import DEFAULT_MAX_REQUEST_BYTES, check_max_request_bytes, host_set
     except ImportError as exc:
         print(
             f"tritonlm: error: the server needs FastAPI and uvicorn: pip install 'tritonlm[serve]' ({exc})",
             file=sys.stderr,
         )
         return 2
-    from tritonlm import LLM
+    from tritonlm import LLM, RequestLimits
 
+    # every option is checked before the model loads
+    limits = RequestLimits(
+        **{field: getattr(args, flag) for flag, field in _LIMIT_FLAGS.items() if getattr(args, flag) is not None}
+    )
+    allowed_hosts = host_set(args.allowed_hosts)
+    max_request_bytes = check_max_request_bytes(
+        DEFAULT_MAX_REQUEST_BYTES if args.max_request_bytes is None else args.max_request_bytes
+    )
     llm = LLM(
         model=args.model,
         dtype=args.dtype,
@@ -154,10 +201,20 @@ def _serve(args: argparse.Namespace) -> int:
         backend=args.backend,
         max_num_seqs=args.max_num_seqs,
         max_model_len=args.max_model_len,
+        limits=limits,
         **_model_options(args),
     )
     try:
-        serve(llm, args.served_model_name or args.model, host=args.host, port=args.port, log_level=args.log_level)
+        serve(
+            llm,
+            args.served_model_name or args.model,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            api_key=args.api_key or env().api_key,
+            allowed_hosts=allowed_hosts,
+            max_request_bytes=max_request_bytes,
+        )
     finally:
         llm.close()
     return 0

@@ -7,7 +7,7 @@ raises :class:`~tritonlm.errors.ConfigError` naming the field.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +30,7 @@ class Environment:
     backend: str | None  # TRITONLM_BACKEND; None means "pick by device"
     triton_interpret: bool  # TRITON_INTERPRET=1 (must be set before triton is imported)
     num_threads: int | None  # TRITONLM_NUM_THREADS
+    api_key: str | None = field(default=None, repr=False)  # TRITONLM_API_KEY: `tritonlm serve`'s key
 
     @staticmethod
     def read() -> Environment:
@@ -59,6 +60,7 @@ class Environment:
             backend=backend,
             triton_interpret=os.environ.get("TRITON_INTERPRET", "0") == "1",
             num_threads=num_threads,
+            api_key=os.environ.get("TRITONLM_API_KEY") or None,
         )
 
 

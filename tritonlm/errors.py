@@ -31,6 +31,20 @@ class SchemaError(TritonLMError, ValueError):
     """A JSON schema (or regex) cannot be compiled into a grammar."""
 
 
+class SchemaBudgetError(SchemaError):
+    """Compiling a schema or regex (or computing its token masks) went over its time or size
+    budget; the message names the construct that was too large and its JSON pointer."""
+
+
+class CompileCancelled(TritonLMError):
+    """A compile stopped because its request was aborted (never reaches a client as an error)."""
+
+
+class RequestTooLargeError(TritonLMError, ValueError):
+    """A request asks for more than the engine allows one request (``n``, ``n * max_tokens``,
+    prompt bytes)."""
+
+
 class ConstraintViolation(TritonLMError):
     """Generated output broke its grammar (should never happen under a mask)."""
 
@@ -44,12 +58,15 @@ class InferenceError(TritonLMError, RuntimeError):
 
 
 __all__ = [
+    "CompileCancelled",
     "ConfigError",
     "ConstraintViolation",
     "ContextTooLongError",
     "InferenceError",
     "ModelLoadError",
     "ParseError",
+    "RequestTooLargeError",
+    "SchemaBudgetError",
     "SchemaError",
     "TokenizationError",
     "TritonLMError",

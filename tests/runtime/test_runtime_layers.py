@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from tritonlm.runtime.block_manager import BlockManager
+from tritonlm.runtime.config import RequestLimits
 from tritonlm.runtime.output_processor import OutputProcessor
 from tritonlm.runtime.request import Request, RequestStatus
 from tritonlm.runtime.sampling_params import SamplingParams
@@ -74,7 +75,7 @@ class FakeMatcher:
 
 
 def test_forced_tokens_only_without_logprobs() -> None:
-    manager = StructuredOutputManager(None, 100, [EOS])
+    manager = StructuredOutputManager(None, 100, [EOS], RequestLimits())
     matcher = FakeMatcher([4, 5], [9])
     assert manager.forced_tokens(_req("a", 3, matcher=matcher)) == [4, 5]
     with_logprobs = SamplingParams(max_tokens=10, logprobs=0)
@@ -83,7 +84,7 @@ def test_forced_tokens_only_without_logprobs() -> None:
 
 
 def test_budget_closing_fits_tokens_and_appends_the_completion_with_eos() -> None:
-    manager = StructuredOutputManager(None, 100, [EOS, 3])
+    manager = StructuredOutputManager(None, 100, [EOS, 3], RequestLimits())
     params = SamplingParams(max_tokens=CLOSING_WINDOW_TOKENS + 4)
     far = _req("far", 3, params, FakeMatcher([], [1, 2]))
     assert not manager.closes_within_budget(far)
@@ -99,7 +100,7 @@ def test_budget_closing_fits_tokens_and_appends_the_completion_with_eos() -> Non
 
 def test_mask_errors_come_back_per_row() -> None:
     pytest.importorskip("numpy")
-    manager = StructuredOutputManager(None, 100, [EOS])
+    manager = StructuredOutputManager(None, 100, [EOS], RequestLimits())
     sampling = [_req("free", 3), _req("bad", 3, matcher=FakeMatcher([], None))]
 
     class Applier:

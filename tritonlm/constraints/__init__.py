@@ -16,14 +16,17 @@ length-sorted byte columns, cached on disk under ``tritonlm.config.env().cache_d
 per-DFA-state token tables shared across the grammars of one compiler, so that a mask is
 mostly a cached lookup plus a check of the few hundred tokens that leave a string part-way.
 
-Modules, bottom up: ``charclass``, ``spelling``, ``automata`` (character automata),
+Compiles run under a ``CompileBudget`` (``CompileLimits``: time, size, and the time of a
+later state's first mask), checked while they run; see ``budget``.
+
+Modules, bottom up: ``budget``, ``charclass``, ``spelling``, ``automata`` (character automata),
 ``bytedfa``, ``regex``; ``tokenizer_info``, ``bitmask``, ``cache``; ``nodes``, ``numbers``,
 ``object_keys``; ``leaf_tables``, ``masks``, ``key_masks``, ``completion``, ``grammar``;
 ``schema_base``, ``schema_refs``, ``schema_oneof``, ``schema_types``, ``schema``;
 ``matcher``, ``compiler``, ``api``.
 """
 
-from tritonlm.errors import SchemaError
+from tritonlm.errors import CompileCancelled, SchemaBudgetError, SchemaError
 
 from .api import (
     CompiledGrammar,
@@ -37,14 +40,20 @@ from .api import (
     compile_regex,
     default_compiler,
 )
+from .budget import MAX_NESTING, CompileBudget, CompileLimits
 from .tokenizer_info import TokenizerInfo, TokenizerLike
 
 __all__ = [
+    "MAX_NESTING",
+    "CompileBudget",
+    "CompileCancelled",
+    "CompileLimits",
     "CompiledGrammar",
     "Grammar",
     "GrammarCompiler",
     "GrammarMatcher",
     "Matcher",
+    "SchemaBudgetError",
     "SchemaError",
     "TokenizerInfo",
     "TokenizerLike",

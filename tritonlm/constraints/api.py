@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .bitmask import allocate_token_bitmask
+from .budget import CompileBudget
 from .cache import LRUCache
 from .compiler import GrammarCompiler, SchemaInput, check_choices
 from .matcher import CompiledGrammar, Grammar, GrammarMatcher, Matcher
@@ -59,19 +60,24 @@ def compile_json_schema(
     indent: int = 2,
     lenient: bool = False,
     escapes: str = "canonical",
+    budget: CompileBudget | None = None,
 ) -> Grammar:
     """``default_compiler(tokenizer).compile_json_schema(...)`` (see ``GrammarCompiler``)."""
     return default_compiler(tokenizer).compile_json_schema(
-        schema, whitespace=whitespace, indent=indent, lenient=lenient, escapes=escapes
+        schema, whitespace=whitespace, indent=indent, lenient=lenient, escapes=escapes, budget=budget
     )
 
 
-def compile_regex(pattern: str, tokenizer: TokenizerInfo | TokenizerLike) -> Grammar:
+def compile_regex(
+    pattern: str, tokenizer: TokenizerInfo | TokenizerLike, *, budget: CompileBudget | None = None
+) -> Grammar:
     """Raw text fully matching ``pattern`` (the regex subset of ``regex``)."""
-    return default_compiler(tokenizer).compile_regex(pattern)
+    return default_compiler(tokenizer).compile_regex(pattern, budget=budget)
 
 
-def compile_choice(choices: Sequence[str], tokenizer: TokenizerInfo | TokenizerLike) -> Grammar:
+def compile_choice(
+    choices: Sequence[str], tokenizer: TokenizerInfo | TokenizerLike, *, budget: CompileBudget | None = None
+) -> Grammar:
     """Raw text equal to one of ``choices``."""
     check_choices(choices)
-    return default_compiler(tokenizer).compile_choice(choices)
+    return default_compiler(tokenizer).compile_choice(choices, budget=budget)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from .budget import SUBSET_UNIT, Budget, CompileBudget
 from .charclass import ANY_CHAR, CharClass, cc_char, cc_contains, cc_intersect, cc_normalize
 
 
@@ -43,11 +44,12 @@ class CharDFA:
         return len(self.trans)
 
 
-def _closure(nfa: CharNFA, states: Iterable[int]) -> frozenset[int]:
+def _closure(nfa: CharNFA, states: Iterable[int], budget: Budget, construct: str) -> frozenset[int]:
     seen = set(states)
     todo = list(seen)
     while todo:
         s = todo.pop()
+        budget.tick(construct)
         for t in nfa.eps[s]:
             if t not in seen:
                 seen.add(t)
@@ -55,7 +57,9 @@ def _closure(nfa: CharNFA, states: Iterable[int]) -> frozenset[int]:
     return frozenset(seen)
 
 
-def _split_targets(edges: Sequence[tuple[CharClass, int]]) -> list[tuple[CharClass, frozenset[int]]]:
+def _split_targets(
+    edges: Sequence[tuple[CharClass, int]], budget: Budget, construct: str
+) -> list[tuple[CharClass, frozenset[int]]]:
     """Partition the union of the edge classes into classes with identical target sets."""
     points: set[int] = set()
     for cls, _ in edges:
@@ -66,16 +70,25 @@ def _split_targets(edges: Sequence[tuple[CharClass, int]]) -> list[tuple[CharCla
     groups: dict[frozenset[int], list[tuple[int, int]]] = {}
     for k in range(len(bounds) - 1):
         lo, hi = bounds[k], bounds[k + 1] - 1
+        budget.tick(construct, len(edges))
         targets = frozenset(dst for cls, dst in edges if cc_contains(cls, lo))
         if targets:
             groups.setdefault(targets, []).append((lo, hi))
     return [(cc_normalize(iv), targets) for targets, iv in groups.items()]
 
 
-def determinize(nfa: CharNFA, combine_tags: Callable[[frozenset[Hashable]], Hashable | None] | None = None) -> CharDFA:
+def determinize(
+    nfa: CharNFA,
+    combine_tags: Callable[[frozenset[Hashable]], Hashable | None] | None = None,
+    *,
+    budget: Budget | None = None,
+    construct: str = "a pattern",
+) -> CharDFA:
     """Subset construction. ``combine_tags`` maps the set of accepting NFA tags in a subset to
-    the DFA tag (default: any tag present -> True)."""
-    start = _closure(nfa, [nfa.start])
+    the DFA tag (default: any tag present -> True). Each new state is charged to ``budget``."""
+    budget = budget if budget is not None else CompileBudget.unlimited()
+    what = f"determinising {construct}"
+    start = _closure(nfa, [nfa.start], budget, what)
     index = {start: 0}
     order = [start]
     trans: list[list[tuple[CharClass, int]]] = []
@@ -91,9 +104,10 @@ def determinize(nfa: CharNFA, combine_tags: Callable[[frozenset[Hashable]], Hash
             accept.append(combine_tags(tags))
         edges = [(cls, dst) for s in subset for cls, dst in nfa.edges[s]]
         row = []
-        for cls, targets in _split_targets(edges):
-            nxt = _closure(nfa, targets)
+        for cls, targets in _split_targets(edges, budget, what):
+            nxt = _closure(nfa, targets, budget, what)
             if nxt not in index:
+                budget.charge(construct, 1 + len(nxt) // SUBSET_UNIT)
                 index[nxt] = len(order)
                 order.append(nxt)
             row.append((cls, index[nxt]))
@@ -137,7 +151,9 @@ def is_empty(dfa: CharDFA) -> bool:
     return all(a is None for a in dfa.accept)
 
 
-def intersect(a: CharDFA, b: CharDFA) -> CharDFA:
+def intersect(a: CharDFA, b: CharDFA, budget: Budget | None = None, construct: str = "a pattern") -> CharDFA:
+    """The product automaton (both accept); each product state is charged to ``budget``."""
+    budget = budget if budget is not None else CompileBudget.unlimited()
     index = {(a.start, b.start): 0}
     order = [(a.start, b.start)]
     trans: list[list[tuple[CharClass, int]]] = []
@@ -155,6 +171,7 @@ def intersect(a: CharDFA, b: CharDFA) -> CharDFA:
                     continue
                 key = (ta, tb)
                 if key not in index:
+                    budget.charge(construct, 1)
                     index[key] = len(order)
                     order.append(key)
                 row.append((cls, index[key]))
@@ -162,10 +179,14 @@ def intersect(a: CharDFA, b: CharDFA) -> CharDFA:
     return prune(CharDFA(trans, accept))
 
 
-def with_length(dfa: CharDFA, min_len: int, max_len: int | None) -> CharDFA:
-    """Product with a character counter (saturating at ``min_len`` when there is no maximum)."""
+def with_length(
+    dfa: CharDFA, min_len: int, max_len: int | None, budget: Budget | None = None, construct: str = "a string"
+) -> CharDFA:
+    """Product with a character counter (saturating at ``min_len`` when there is no maximum);
+    each product state is charged to ``budget``."""
     if min_len <= 0 and max_len is None:
         return dfa
+    budget = budget if budget is not None else CompileBudget.unlimited()
     cap = max_len if max_len is not None else min_len
     index = {(dfa.start, 0): 0}
     order = [(dfa.start, 0)]
@@ -182,6 +203,7 @@ def with_length(dfa: CharDFA, min_len: int, max_len: int | None) -> CharDFA:
             for cls, t in dfa.trans[q]:
                 key = (t, nc)
                 if key not in index:
+                    budget.charge(construct, 1)
                     index[key] = len(order)
                     order.append(key)
                 row.append((cls, index[key]))
@@ -200,12 +222,12 @@ def literal_nfa(nfa: CharNFA, text: str, tag: Hashable) -> None:
     nfa.accept[cur] = tag
 
 
-def literals_dfa(texts: Iterable[str]) -> CharDFA:
+def literals_dfa(texts: Iterable[str], budget: Budget | None = None, construct: str = "a literal") -> CharDFA:
     nfa = CharNFA()
     nfa.start = nfa.new_state()
     for t in texts:
         literal_nfa(nfa, t, True)
-    return determinize(nfa)
+    return determinize(nfa, budget=budget, construct=construct)
 
 
 def any_string_dfa() -> CharDFA:

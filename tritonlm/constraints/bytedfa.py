@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .automata import CharDFA
+from .budget import BYTE_STATE_UNITS, Budget, CompileBudget
 from .charclass import CharClass
 from .spelling import ByteSeq, bits, json_char_seqs, utf8_seqs
 
@@ -38,10 +39,20 @@ class ByteDFA:
         self.key = h.hexdigest()[:24]  # stable across processes (keys the on-disk table cache)
         self._distances: dict[frozenset[int] | None, list[int]] = {}
         self._preds: list[list[int]] | None = None
+        self._nbytes = -1
 
     @property
     def size(self) -> int:
         return len(self.rows)
+
+    @property
+    def nbytes(self) -> int:
+        """An estimate of the memory this DFA holds: its numpy tables and their Python-list
+        mirrors (a list of 256 slots per state, plus an int object per target above 256)."""
+        if self._nbytes < 0:
+            big = int(np.count_nonzero(self.table > 256))
+            self._nbytes = self.table.nbytes + self.label.nbytes + self.size * (56 + 8 * 256 + 8) + 32 * big + 400
+        return self._nbytes
 
     def accept_distance(self, labels: frozenset[int] | None = None) -> list[int]:
         """Per state, the fewest bytes to an accepting state (with a label in ``labels``, if
@@ -123,7 +134,8 @@ def _byte_partition(masks: list[int]) -> list[int]:
     return parts
 
 
-def _determinize_bytes(nfa: _ByteNFA, start: int) -> ByteDFA:
+def _determinize_bytes(nfa: _ByteNFA, start: int, budget: Budget, construct: str) -> ByteDFA:
+    what = f"determinising {construct}"
     index = {frozenset([start]): 0}
     order = [frozenset([start])]
     rows: list[list[int]] = []
@@ -139,16 +151,19 @@ def _determinize_bytes(nfa: _ByteNFA, start: int) -> ByteDFA:
         labels.append(labs.pop() if labs else -1)
         by_mask: dict[int, set[int]] = {}  # byte set -> NFA targets (many edges share a set)
         for s in subset:
+            budget.tick(what, 1 + len(nfa.edges[s]))
             for m, t in nfa.edges[s]:
                 by_mask.setdefault(m, set()).add(t)
         row = [-1] * 256
         if by_mask:
             for part in _byte_partition(list(by_mask)):
+                budget.tick(what, len(by_mask))
                 low = (part & -part).bit_length() - 1
                 targets = frozenset().union(*(ts for m, ts in by_mask.items() if m >> low & 1))
                 if not targets:
                     continue
                 if targets not in index:
+                    budget.charge(construct, BYTE_STATE_UNITS)
                     index[targets] = len(order)
                     order.append(targets)
                 tid = index[targets]
@@ -187,14 +202,23 @@ def _prune_bytes(dfa: ByteDFA) -> ByteDFA:
 
 
 def string_byte_dfa(
-    dfa: CharDFA, labels: dict[Hashable, int] | None = None, *, json_string: bool = True, escapes: str = "any"
+    dfa: CharDFA,
+    labels: dict[Hashable, int] | None = None,
+    *,
+    json_string: bool = True,
+    escapes: str = "any",
+    budget: Budget | None = None,
+    construct: str = "a string",
 ) -> ByteDFA:
     """The JSON text (quotes included) of the strings ``dfa`` accepts; with
     ``json_string=False``, their raw UTF-8 text instead.
 
     With ``labels``, each accepting char-DFA tag maps to a byte-DFA label (tags missing from
-    the map are not accepted); otherwise every accepting state gets label 0.
+    the map are not accepted); otherwise every accepting state gets label 0. Byte states are
+    charged to ``budget``.
     """
+    budget = budget if budget is not None else CompileBudget.unlimited()
+    what = f"spelling {construct} as bytes"
     nfa = _ByteNFA()
     start = nfa.new_state()
     base = [nfa.new_state() for _ in range(dfa.size)]
@@ -207,6 +231,7 @@ def string_byte_dfa(
     seq_cache: dict[CharClass, list[ByteSeq]] = {}
     chain_cache: dict[tuple[CharClass, int], list[tuple[int, int]]] = {}
     for q in range(dfa.size):
+        budget.tick(what, 1 + len(dfa.trans[q]))
         tag = dfa.accept[q]
         if tag is not None:
             lab = 0 if labels is None else labels.get(tag, -1)
@@ -236,11 +261,12 @@ def string_byte_dfa(
                     firsts.append((seq[0], nxt))
                 chain_cache[key] = firsts
             nfa.edges[base[q]].extend(chain_cache[key])
-    return _determinize_bytes(nfa, start)
+    return _determinize_bytes(nfa, start, budget, construct)
 
 
-def bytes_dfa(alternatives: Iterable[bytes]) -> ByteDFA:
+def bytes_dfa(alternatives: Iterable[bytes], budget: Budget | None = None, construct: str = "a literal") -> ByteDFA:
     """A DFA for a finite set of raw byte strings (all with label 0)."""
+    budget = budget if budget is not None else CompileBudget.unlimited()
     nfa = _ByteNFA()
     start = nfa.new_state()
     final = nfa.new_state(0)
@@ -248,41 +274,51 @@ def bytes_dfa(alternatives: Iterable[bytes]) -> ByteDFA:
         if not alt:
             raise ValueError("empty alternative")
         cur = start
+        budget.tick(construct, len(alt))
         for k, b in enumerate(alt):
             nxt = final if k == len(alt) - 1 else nfa.new_state()
             nfa.edges[cur].append((1 << b, nxt))
             cur = nxt
-    return _determinize_bytes(nfa, start)
+    return _determinize_bytes(nfa, start, budget, construct)
 
 
-def product_table(components: list[ByteDFA]) -> tuple[np.ndarray, np.ndarray]:
+def product_table(
+    components: list[ByteDFA], budget: Budget | None = None, construct: str = "object keys"
+) -> tuple[np.ndarray, list[dict[int, int]]]:
     """The product automaton of several byte DFAs run side by side (a union: a product state
     lives while any component does). Returns the transition table (-1 = dead) and, per product
-    state, the tuple of component states (-1 where that component died)."""
-    k = len(components)
-    tables = [np.vstack([c.table, np.full((1, 256), -1, dtype=np.int32)]) for c in components]
-    start = tuple(c.start for c in components)
-    index = {start: 0}
-    order = [start]
+    state, the live components' states as {component: state} (absent: that component died).
+
+    Each step looks only at the components still alive, so the cost follows the number of
+    product states and not product states times components (keys die after a byte or two).
+    """
+    budget = budget if budget is not None else CompileBudget.unlimited()
+    start = {c: comp.start for c, comp in enumerate(components)}
+    index: dict[tuple[tuple[int, int], ...], int] = {tuple(start.items()): 0}
+    order: list[dict[int, int]] = [start]
     rows: list[np.ndarray] = []
     i = 0
     while i < len(order):
-        tup = order[i]
+        live = order[i]
         i += 1
-        cols = np.stack([tables[c][tup[c]] for c in range(k)], axis=1)  # [256, k]
+        budget.tick(construct, len(live))
+        comps = list(live)
+        cols = np.stack([components[c].table[live[c]] for c in comps], axis=1)  # [256, live]
         uniq, inv = np.unique(cols, axis=0, return_inverse=True)
         ids = []
         for u in uniq.tolist():
-            t = tuple(u)
-            if max(t) < 0:
+            nxt = {c: t for c, t in zip(comps, u, strict=True) if t >= 0}
+            if not nxt:
                 ids.append(-1)
                 continue
-            if t not in index:
-                index[t] = len(order)
-                order.append(t)
-            ids.append(index[t])
+            key = tuple(nxt.items())
+            if key not in index:
+                budget.charge(construct, BYTE_STATE_UNITS)
+                index[key] = len(order)
+                order.append(nxt)
+            ids.append(index[key])
         rows.append(np.array(ids, dtype=np.int32)[inv.reshape(-1)])
-    return np.stack(rows).astype(np.int32), np.array(order, dtype=np.int32).reshape(-1, k)
+    return np.stack(rows).astype(np.int32), order
 
 
 def relabel(table: np.ndarray, labels: np.ndarray) -> ByteDFA:

@@ -33,6 +33,11 @@ class CompletionSearch:
         self.core = core
         self.memo: dict[int, bytes | None] = {}
 
+    @property
+    def nbytes(self) -> int:
+        """A rough size of the memo (entries hold a suffix each; 120 bytes besides it)."""
+        return 160 * len(self.memo)
+
     def search(self, sid: int) -> bytes | None:
         """A short byte string taking state ``sid`` to a state that can end (b"" if it can end
         already); None if none is found.

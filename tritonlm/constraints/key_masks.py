@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from .bitmask import ids_to_mask
+from .budget import Budget
 from .bytedfa import ByteDFA
 from .leaf_tables import ExitGroups
 from .nodes import ANY_KEY, KeyLeafNode, Stack
@@ -40,49 +41,60 @@ class KeyMasks:
         self.info = masks.info
         self._specials: dict[tuple[int, int], _Specials | None] = {}
 
-    def key_mask(self, node: KeyLeafNode, q: int, rest: Stack) -> np.ndarray | None:
+    def clear(self) -> None:
+        self._specials.clear()
+
+    def key_mask(self, node: KeyLeafNode, q: int, rest: Stack, budget: Budget, what: str) -> np.ndarray | None:
         """Mask for key product state ``q`` under context ``rest``; None where the
         decomposition does not apply (the product DFA is then used directly)."""
-        spec = self._key_specials(node, q)
+        spec = self._key_specials(node, q, budget, what)
         if spec is None:
             return None
         masks, size = self.masks, self.info.vocab_size
-        inside, exits = masks.tables.dfa_table(spec.any_dfa, spec.q_any)
+        inside, exits = masks.tables.dfa_table(spec.any_dfa, spec.q_any, budget, what)
         m = inside & ~spec.drop_mask if spec.drop_mask is not None else inside.copy()
         if spec.any_label >= 0:
-            ok = masks.viable_exit_ids(rest, exits, label_override=spec.any_label)
+            ok = masks.viable_exit_ids(rest, exits, budget, what, label_override=spec.any_label)
             if ok:
                 viable = ids_to_mask(np.concatenate(ok), size)
                 m |= viable & ~spec.special_mask if spec.special_mask is not None else viable
-        ok = masks.viable_exit_ids(rest, spec.special_exits)
+        ok = masks.viable_exit_ids(rest, spec.special_exits, budget, what)
         if ok:
             m |= ids_to_mask(np.concatenate(ok), size)
         return m
 
-    def _key_specials(self, node: KeyLeafNode, q: int) -> _Specials | None:
+    def _key_specials(self, node: KeyLeafNode, q: int, budget: Budget, what: str) -> _Specials | None:
         key = (id(node), q)
         if key in self._specials:
             return self._specials[key]
-        states: list[int] = node.comp_states[q].tolist()
+        states = node.comp_states[q]
         any_c = node.comp_tags.index(ANY_KEY) if ANY_KEY in node.comp_tags else -1
         result = None
         if (
             any_c >= 0
-            and states[any_c] >= 0
+            and any_c in states
             and node.useful[any_c]
             and node.labels[q] < 0
             and node.components[any_c].labels[states[any_c]] < 0
         ):
-            result = self._build_specials(node, states, any_c)
+            result = self._build_specials(node, states, any_c, budget, what)
+        cost = 200
+        if result is not None:
+            cost += sum(m.nbytes for m in (result.special_mask, result.drop_mask) if m is not None)
+            cost += sum(150 + len(sfx) + ids.nbytes for _, sfx, ids in result.special_exits)
+        self.masks.remember(cost)
         self._specials[key] = result
         return result
 
-    def _build_specials(self, node: KeyLeafNode, states: list[int], any_c: int) -> _Specials | None:
+    def _build_specials(
+        self, node: KeyLeafNode, states: dict[int, int], any_c: int, budget: Budget, what: str
+    ) -> _Specials | None:
         any_label = node.combine(frozenset([ANY_KEY]))
         vocab, index = self.info.vocab, self.info.index
         special: dict[int, tuple[int, int]] = {}  # token -> (label, length of the key part)
-        for c, qc in enumerate(states):
-            if c == any_c or qc < 0 or node.comp_tags[c][0] != "lit":
+        for c, qc in states.items():
+            budget.tick(what)
+            if c == any_c or node.comp_tags[c][0] != "lit":
                 continue
             rest = node.components[c].unique_completion(qc)
             if rest is None:

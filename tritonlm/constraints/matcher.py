@@ -3,7 +3,9 @@
 ``GrammarMatcher`` is the seam the runtime drives (one matcher per sequence, on one thread
 at a time); ``Matcher`` implements it over a ``Grammar``. Masks are packed as in ``bitmask``:
 bit j of word w set = token 32*w + j allowed; EOS ids are allowed exactly when the output is
-complete. Matchers of one grammar share its memoised states and masks (not thread-safe).
+complete. Matchers of one grammar share its memoised states and masks; they may run on
+different threads (the grammar's core locks what it computes). A mask not computed before
+takes at most the grammar's mask time budget (``SchemaBudgetError`` beyond it).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 from tritonlm.errors import SchemaError
 
 from .bitmask import num_words
+from .budget import Budget
 from .grammar import GrammarCore
 from .nodes import ObjectNode, RootNode
 
@@ -49,13 +52,26 @@ class CompiledGrammar(Protocol):
 
 class Grammar:
     """A compiled constraint. Cheap to share; each generation gets its own ``matcher()``.
-    Matchers of one grammar share its memoised states and masks (not thread-safe)."""
+    Matchers of one grammar share its memoised states and masks (thread-safe).
 
-    def __init__(self, core: GrammarCore, root_alt: int, description: str, allow_empty: bool = False) -> None:
+    Built under ``budget`` (finalizing the core and the first key automata); ``prepare``
+    computes the start state's mask under a budget too. ``nbytes`` estimates the memory it
+    holds now (it grows, within bounds, as masks are memoised)."""
+
+    def __init__(
+        self,
+        core: GrammarCore,
+        root_alt: int,
+        description: str,
+        allow_empty: bool = False,
+        *,
+        budget: Budget | None = None,
+    ) -> None:
         self.core = core
         self.info = core.info
         self.description = description
-        core.finalize()
+        core.masks.what = f"the {description}"
+        core.finalize(budget)
         if not core.alt_nonempty(root_alt):
             raise SchemaError(f"{description}: no value can satisfy it")
         for node in list(core.nodes):  # key automata for the first key of every object
@@ -64,6 +80,16 @@ class Grammar:
         self.root_nid = core.add_node(RootNode(root_alt, allow_empty))
         self.initial_state = core.initial_state(self.root_nid)
         self.eos_ids = np.array(self.info.eos_token_ids, dtype=np.int64)
+
+    def prepare(self, budget: Budget) -> None:
+        """Compute the start state's token mask (and whether it can end) under ``budget``, so
+        that the first mask of a generation is a lookup."""
+        self.core.token_mask(self.initial_state, budget)
+        self.core.can_end(self.initial_state)
+
+    @property
+    def nbytes(self) -> int:
+        return self.core.nbytes + self.eos_ids.nbytes + 500
 
     @property
     def vocab_size(self) -> int:

@@ -21,8 +21,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
-
 from .bytedfa import ByteDFA
 
 if TYPE_CHECKING:
@@ -96,7 +94,8 @@ class KeyLeafNode(LeafNode):
     """An object-key leaf: the product of per-key component DFAs (one per named key, one per
     pattern, one for "any other string"), labelled for one set of already-seen keys.
 
-    ``comp_states[q]`` gives each component's state in product state ``q``; ``useful[c]``
+    ``comp_states[q]`` gives the live components' states in product state ``q`` as
+    {component: state}; ``useful[c]``
     says whether component ``c`` can still lead to an accepted key (so the tokens it keeps
     alive are allowed); ``comp_tags[c]`` is what component ``c`` reports on acceptance and
     ``combine(tags)`` the product label (-1: rejected). ``decomposable`` is False when a
@@ -106,7 +105,7 @@ class KeyLeafNode(LeafNode):
     def __init__(
         self,
         dfa: ByteDFA,
-        comp_states: np.ndarray,
+        comp_states: list[dict[int, int]],
         components: list[ByteDFA],
         comp_tags: list[KeyTag],
         useful: list[bool],

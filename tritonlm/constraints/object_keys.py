@@ -17,6 +17,7 @@ import numpy as np
 
 from . import bytedfa as bd
 from .automata import CharDFA
+from .budget import Budget, CompileBudget
 from .nodes import ANY_KEY, KeyLeafNode, KeyTag, Node
 
 Outcome = tuple[int, int]  # (named index or -1, value alternative)
@@ -35,9 +36,9 @@ class KeyDfas(Protocol):
 
     escapes: str
 
-    def literal_key(self, name: str) -> bd.ByteDFA: ...
+    def literal_key(self, name: str, budget: Budget, construct: str) -> bd.ByteDFA: ...
 
-    def any_key(self) -> bd.ByteDFA: ...
+    def any_key(self, budget: Budget) -> bd.ByteDFA: ...
 
 
 class KeyLabels:
@@ -78,20 +79,22 @@ class KeyLabels:
         return (-1, alt) if keys.grammar.alt_nonempty(alt) else None
 
 
-class _KeyProduct:
-    """The product of the key component DFAs (shared by every seen-set of one object)."""
+class KeyProduct:
+    """The product of the key component DFAs (shared by every seen-set of one object, and by
+    the objects of one compile with the same components)."""
 
-    def __init__(self, components: list[bd.ByteDFA], tags: list[KeyTag]) -> None:
+    def __init__(self, components: list[bd.ByteDFA], tags: list[KeyTag], budget: Budget, construct: str) -> None:
         self.components = components
         self.tags = tags
-        self.table, self.comp_states = bd.product_table(components)
-        # accepting[p, c]: component c accepts in product state p
-        self.accepting = np.stack(
-            [
-                np.where(self.comp_states[:, c] >= 0, np.asarray([*comp.labels, -1])[self.comp_states[:, c]], -1) >= 0
-                for c, comp in enumerate(components)
-            ],
-            axis=1,
+        self.table, self.comp_states = bd.product_table(components, budget, construct)
+        # accepting[p]: the components accepting in product state p
+        self.accepting: list[tuple[int, ...]] = [
+            tuple(c for c, q in live.items() if components[c].labels[q] >= 0) for live in self.comp_states
+        ]
+        self.nbytes = (
+            self.table.nbytes
+            + sum(200 + 100 * len(live) for live in self.comp_states)
+            + sum(72 + 8 * len(a) for a in self.accepting)
         )
 
 
@@ -114,6 +117,10 @@ class ObjectKeys:
         patterns: list[tuple[CharDFA, str]],
         pattern_combo_alts: dict[int, int],
         additional_alt: int | None,
+        *,
+        budget: Budget | None = None,
+        construct: str = "an object",
+        products: dict[tuple[object, ...], KeyProduct] | None = None,
     ) -> None:
         self.grammar = grammar
         self.dfas = dfas
@@ -124,7 +131,8 @@ class ObjectKeys:
         self.pattern_combo_alts = pattern_combo_alts
         self.additional_alt = additional_alt
         self._leaves: dict[int, tuple[int | None, list[Outcome]]] = {}
-        self._product = self._build_product() if self._any_keys else None
+        budget = budget if budget is not None else CompileBudget.unlimited()
+        self._product = self._build_product(budget, construct, products) if self._any_keys else None
 
     @property
     def _any_keys(self) -> bool:
@@ -137,19 +145,41 @@ class ObjectKeys:
             hit = self._leaves[seen] = self._build_leaf(seen)
         return hit
 
-    def _build_product(self) -> _KeyProduct:
+    @property
+    def component_dfas(self) -> list[bd.ByteDFA]:
+        return self._product.components if self._product is not None else []
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of the key product, its component DFAs aside (see ``component_dfas``)."""
+        return 500 + 100 * len(self.named) + (self._product.nbytes if self._product is not None else 0)
+
+    def _build_product(
+        self, budget: Budget, construct: str, products: dict[tuple[object, ...], KeyProduct] | None
+    ) -> KeyProduct:
         comps: list[bd.ByteDFA] = []
         tags: list[KeyTag] = []
         for i, name in enumerate(self.named):
-            comps.append(self.dfas.literal_key(name))
+            budget.charge(construct, 1)
+            comps.append(self.dfas.literal_key(name, budget, construct))
             tags.append(("lit", i))
-        for j, (pdfa, _) in enumerate(self.patterns):
-            comps.append(bd.string_byte_dfa(pdfa, escapes=self.dfas.escapes))
+        for j, (pdfa, src) in enumerate(self.patterns):
+            comps.append(
+                bd.string_byte_dfa(
+                    pdfa, escapes=self.dfas.escapes, budget=budget, construct=f"the key pattern {src!r} of {construct}"
+                )
+            )
             tags.append(("p", j))
         if self.additional_alt is not None or self.patterns:
-            comps.append(self.dfas.any_key())
+            comps.append(self.dfas.any_key(budget))
             tags.append(ANY_KEY)
-        return _KeyProduct(comps, tags)
+        key = (tuple(c.key for c in comps), tuple(tags))
+        hit = products.get(key) if products is not None else None
+        if hit is None:
+            hit = KeyProduct(comps, tags, budget, construct)
+            if products is not None:
+                products[key] = hit
+        return hit
 
     def _build_leaf(self, seen: int) -> tuple[int | None, list[Outcome]]:
         product = self._product
@@ -158,10 +188,7 @@ class ObjectKeys:
         labels = KeyLabels(self, seen)
         tags = product.tags
         row_labels = np.array(
-            [
-                labels.combine(frozenset(tags[c] for c in np.nonzero(row)[0].tolist())) if row.any() else -1
-                for row in product.accepting
-            ],
+            [labels.combine(frozenset(tags[c] for c in acc)) if acc else -1 for acc in product.accepting],
             dtype=np.int32,
         )
         dfa = bd.relabel(product.table, row_labels)

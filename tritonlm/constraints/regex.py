@@ -21,6 +21,7 @@ from __future__ import annotations
 from tritonlm.errors import SchemaError
 
 from .automata import CharNFA
+from .budget import MAX_NESTING, Budget, CompileBudget
 from .charclass import ANY_CHAR, CharClass, cc_char, cc_negate, cc_normalize
 
 MAX_REPEAT = 1000
@@ -55,6 +56,7 @@ class _Parser:
         self.p = pattern
         self.i = 0
         self.pointer = pointer
+        self.depth = 0  # open groups
 
     def error(self, what: str) -> SchemaError:
         return SchemaError(f"pattern at {self.pointer or '/'}: {what} in {self.p!r} (offset {self.i})")
@@ -150,7 +152,11 @@ class _Parser:
                 self.i = j + 1
             elif self.peek() == "?":
                 raise self.error("lookaround or inline flags are not supported")
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                raise self.error(f"groups nested too deep (more than {MAX_NESTING} levels)")
             node = self.alt()
+            self.depth -= 1
             if self.i >= self.end or self.p[self.i] != ")":
                 raise self.error("missing ')'")
             self.i += 1
@@ -243,10 +249,25 @@ def _escaped_at(p: str, k: int) -> bool:
     return n % 2 == 1
 
 
-def _build(nfa: CharNFA, node: Node, start: int) -> int:
+def expanded_size(node: Node) -> int:
+    """The number of NFA states ``_build`` makes for ``node`` (counted repeats expanded)."""
+    kind = node[0]
+    if kind == "cls":
+        return 1
+    if kind == "cat":
+        return sum(expanded_size(item) for item in node[1])
+    if kind == "alt":
+        return 1 + sum(1 + expanded_size(branch) for branch in node[1])
+    _, inner, lo, hi = node
+    size = expanded_size(inner)
+    return lo * size + 1 + (size if hi is None else (hi - lo) * size)
+
+
+def _build(nfa: CharNFA, node: Node, start: int, budget: Budget, construct: str) -> int:
     """Thompson construction: returns the end state of ``node`` begun at ``start``."""
     kind = node[0]
     if kind == "cls":
+        budget.tick(construct)
         end = nfa.new_state()
         if node[1]:
             nfa.edges[start].append((node[1], end))
@@ -254,44 +275,51 @@ def _build(nfa: CharNFA, node: Node, start: int) -> int:
     if kind == "cat":
         cur = start
         for item in node[1]:
-            cur = _build(nfa, item, cur)
+            cur = _build(nfa, item, cur, budget, construct)
         return cur
     if kind == "alt":
         end = nfa.new_state()
         for branch in node[1]:
             s = nfa.new_state()
             nfa.eps[start].append(s)
-            nfa.eps[_build(nfa, branch, s)].append(end)
+            nfa.eps[_build(nfa, branch, s, budget, construct)].append(end)
         return end
     if kind == "rep":
         _, inner, lo, hi = node
         cur = start
         for _ in range(lo):
-            cur = _build(nfa, inner, cur)
+            cur = _build(nfa, inner, cur, budget, construct)
         if hi is None:
             loop = nfa.new_state()
             nfa.eps[cur].append(loop)
-            back = _build(nfa, inner, loop)
+            back = _build(nfa, inner, loop, budget, construct)
             nfa.eps[back].append(loop)
             return loop
         end = nfa.new_state()
         nfa.eps[cur].append(end)
         for _ in range(hi - lo):
-            cur = _build(nfa, inner, cur)
+            cur = _build(nfa, inner, cur, budget, construct)
             nfa.eps[cur].append(end)
         return end
     raise AssertionError(kind)
 
 
-def regex_nfa(pattern: str, pointer: str = "", *, search: bool = True) -> CharNFA:
-    """NFA for the strings ``pattern`` matches (``search``: anywhere, else: fully)."""
+def regex_nfa(
+    pattern: str, pointer: str = "", *, search: bool = True, budget: Budget | None = None, construct: str = ""
+) -> CharNFA:
+    """NFA for the strings ``pattern`` matches (``search``: anywhere, else: fully). Its
+    expanded size is charged to ``budget`` before it is built; ``construct`` names it in
+    budget errors (default: "the pattern at <pointer>")."""
     node, a_start, a_end = _Parser(pattern, pointer).parse()
     if search:
         if not a_start:
             node = ("cat", [("rep", ("cls", ANY_CHAR), 0, None), node])
         if not a_end:
             node = ("cat", [node, ("rep", ("cls", ANY_CHAR), 0, None)])
+    budget = budget if budget is not None else CompileBudget.unlimited()
+    construct = construct or f"the pattern at {pointer or '/'}"
+    budget.charge(construct, expanded_size(node))
     nfa = CharNFA()
     nfa.start = nfa.new_state()
-    nfa.accept[_build(nfa, node, nfa.start)] = True
+    nfa.accept[_build(nfa, node, nfa.start, budget, construct)] = True
     return nfa

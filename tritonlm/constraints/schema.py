@@ -28,7 +28,10 @@ import json
 import math
 from typing import Any
 
+from tritonlm.errors import SchemaError
+
 from . import bytedfa as bd
+from .budget import MAX_NESTING, Budget, CompileBudget
 from .bytedfa import ByteDFA
 from .cache import LRUCache
 from .grammar import GrammarCore
@@ -61,7 +64,9 @@ class SchemaCompiler:
     """Compiles the schemas of one root document into alternatives of ``core``.
 
     ``shared_dfas`` is the compiler's cache of tokenizer-independent byte DFAs. One instance
-    per compile: it memoises ``$ref`` targets, string leaves and patterns of ``root``.
+    per compile: it memoises ``$ref`` targets, string leaves and patterns of ``root``, and
+    charges what it builds to ``budget``. Subschemas nest at most ``MAX_NESTING`` levels
+    (``$ref`` chains included); ``pointer`` is where the compile is (for error messages).
     """
 
     def __init__(
@@ -72,6 +77,7 @@ class SchemaCompiler:
         *,
         lenient: bool = False,
         escapes: str = "canonical",
+        budget: Budget | None = None,
     ) -> None:
         if escapes not in ("canonical", "any"):
             raise ValueError(f"escapes={escapes!r}: expected 'canonical' or 'any'")
@@ -80,15 +86,19 @@ class SchemaCompiler:
         self.root = root
         self.lenient = lenient
         self.shared_dfas = shared_dfas
+        self.budget = budget if budget is not None else CompileBudget.unlimited()
+        self.depth = 0
+        self.pointer = ""
         self.ref_alts: dict[str, int] = {}
+        self.literal_dfas: dict[bytes, ByteDFA] = {}
         self.any_alt: int | None = None
         self.never_alt = core.new_alt()
-        self.refs = SchemaRefs(root)
-        patterns = PatternCache()
-        self.merger = SchemaMerger(self.refs, patterns)
-        self.exclusivity = Exclusivity(self.merger)
+        self.refs = SchemaRefs(root, self.budget)
+        patterns = PatternCache(self.budget)
+        self.merger = SchemaMerger(self.refs, patterns, self.budget)
+        self.exclusivity = Exclusivity(self.merger, self.budget)
         dfas = StringDfas(shared_dfas, core.tables, escapes)
-        self.types = TypeCompiler(self, core, dfas, patterns, lenient)
+        self.types = TypeCompiler(self, core, dfas, patterns, lenient, self.budget)
 
     def compile_ref(self, ref: Any, ptr: str) -> int:
         target_ptr = self.refs.ref_pointer(ref, ptr)
@@ -109,6 +119,19 @@ class SchemaCompiler:
 
     def compile(self, schema: Any, ptr: str) -> int:
         """Alternative id for the values ``schema`` accepts."""
+        if self.depth >= MAX_NESTING:
+            raise SchemaError(f"schema nested too deep at {ptr or '/'} (more than {MAX_NESTING} levels)")
+        self.depth += 1
+        outer, self.pointer = self.pointer, ptr
+        try:
+            self.budget.charge(f"the schema at {ptr or '/'}", 1)
+            alt = self._compile(schema, ptr)
+        finally:
+            self.depth -= 1
+        self.pointer = outer  # kept where it failed otherwise (reported on RecursionError)
+        return alt
+
+    def _compile(self, schema: Any, ptr: str) -> int:
         if schema is True:
             return self.any_value()
         if schema is False:
@@ -128,6 +151,7 @@ class SchemaCompiler:
                 if not isinstance(branches, list) or not branches:
                     raise schema_error(comb, ptr, "must be a non-empty array")
                 rest = {k: v for k, v in s.items() if k != comb}
+                self.budget.charge(f"the {comb} at {pointer(ptr, comb)}", len(branches))
                 plain = all(k in ANNOTATIONS for k in rest)
                 merged = [b if plain else self.merger.merge(rest, b, ptr) for b in branches]
                 if comb == "oneOf":
@@ -199,12 +223,14 @@ class SchemaCompiler:
             values = [s["const"]] if "enum" not in s else [v for v in values if json_equal(v, s["const"])]
         allowed = kinds_of_types(kinds)
         members = []
+        vptr = pointer(ptr, "enum" if "enum" in s else "const")
+        self.budget.charge(f"the values at {vptr}", len(values))
         for v in values:
             if value_kind(v) not in allowed:
                 continue
             if not self._scalar_ok(v, s, ptr):
                 continue
-            members.append(("a", self.compile_const(v, ptr)))
+            members.append(("a", self.compile_const(v, vptr)))
         return self.core.new_alt(members)
 
     def _scalar_ok(self, v: Any, s: dict, ptr: str) -> bool:
@@ -230,25 +256,30 @@ class SchemaCompiler:
         text against a separately compiled grammar of the remaining keywords."""
         rest = {k: x for k, x in s.items() if k not in ("enum", "const")}
         sub_core = GrammarCore(self.core.info, Layout("compact"), self.core.tables)
-        aid = SchemaCompiler(sub_core, self.root, self.shared_dfas, lenient=self.lenient).compile(rest, ptr)
-        sub_core.finalize()
+        sub = SchemaCompiler(sub_core, self.root, self.shared_dfas, lenient=self.lenient, budget=self.budget)
+        sub.depth = self.depth
+        aid = sub.compile(rest, ptr)
+        sub_core.finalize(self.budget)
         sid = sub_core.initial_state(sub_core.add_node(RootNode(aid)))
         sid = sub_core.step_bytes(sid, json.dumps(v, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
         return sid >= 0 and sub_core.can_end(sid)
 
     def compile_const(self, v: Any, ptr: str) -> int:
+        self.budget.charge(f"the value at {ptr or '/'}", 1)
         kind = value_kind(v)
-        if kind == "null":
-            return self.core.node_alt(LeafNode(bd.bytes_dfa([b"null"])))
-        if kind == "boolean":
-            return self.core.node_alt(LeafNode(bd.bytes_dfa([b"true" if v else b"false"])))
+        if kind in ("null", "boolean"):
+            text = b"null" if v is None else b"true" if v else b"false"
+            dfa = self.literal_dfas.get(text)
+            if dfa is None:
+                dfa = self.literal_dfas[text] = bd.bytes_dfa([text])
+            return self.core.node_alt(LeafNode(dfa))
         if kind in ("integer", "number"):
             if not math.isfinite(v):
                 return self.never_alt
             f = decimal(v)
             return self.core.node_alt(NumberNode(False, f, False, f, False))
         if kind == "string":
-            return self.types.literal_string(v)
+            return self.types.literal_string(v, ptr)
         if kind == "array":
             items = [self.compile_const(x, ptr) for x in v]
             return self.core.node_alt(ArrayNode(items, None, len(v), len(v)))

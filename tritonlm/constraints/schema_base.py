@@ -13,6 +13,7 @@ from typing import Any
 from tritonlm.errors import SchemaError
 
 from .automata import CharDFA, determinize
+from .budget import Budget
 from .charclass import cc_contains
 from .regex import regex_nfa
 
@@ -186,17 +187,21 @@ def char_dfa_accepts(dfa: CharDFA, text: str) -> bool:
 
 
 class PatternCache:
-    """Character DFAs of the regex patterns of one compile, by pattern text."""
+    """Character DFAs of the regex patterns of one compile, by pattern text (built under the
+    compile's ``budget``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: Budget) -> None:
         self._dfas: dict[str, CharDFA] = {}
+        self.budget = budget
 
-    def dfa(self, pattern: Any, ptr: str) -> CharDFA:
+    def dfa(self, pattern: Any, ptr: str, construct: str = "") -> CharDFA:
         if not isinstance(pattern, str):
             raise schema_error("pattern", ptr, "must be a string")
         d = self._dfas.get(pattern)
         if d is None:
-            d = self._dfas[pattern] = determinize(regex_nfa(pattern, ptr))
+            what = construct or f"the pattern at {ptr or '/'}"
+            nfa = regex_nfa(pattern, ptr, budget=self.budget, construct=what)
+            d = self._dfas[pattern] = determinize(nfa, budget=self.budget, construct=what)
         return d
 
     def matches(self, pattern: str, text: str, ptr: str) -> bool:

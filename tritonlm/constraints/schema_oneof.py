@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .budget import Budget
 from .schema_base import TYPES, json_equal, kinds_of_types, schema_error, value_kind
 from .schema_refs import SchemaMerger
 
@@ -17,8 +18,9 @@ Bound = tuple[float, bool]  # (value, exclusive)
 
 
 class Exclusivity:
-    def __init__(self, merger: SchemaMerger) -> None:
+    def __init__(self, merger: SchemaMerger, budget: Budget) -> None:
         self.merger = merger
+        self.budget = budget
 
     def _possible_kinds(self, s: Any) -> set[str]:
         if s is False:
@@ -88,7 +90,9 @@ class Exclusivity:
         return lo, hi
 
     def check(self, branches: list, ptr: str) -> None:
+        what = f"the oneOf at {ptr or '/'}"
         for i in range(len(branches)):
             for j in range(i + 1, len(branches)):
+                self.budget.tick(what)
                 if not self.disjoint(branches[i], branches[j], ptr):
                     raise schema_error("oneOf", ptr, f"cannot prove branches {i} and {j} mutually exclusive")

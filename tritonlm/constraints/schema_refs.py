@@ -11,34 +11,40 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote
 
+from .budget import Budget
 from .schema_base import ANNOTATIONS, MAX_DISTRIBUTE, PatternCache, json_equal, kinds_of_types, pointer, schema_error
 
 _UNSATISFIABLE = object()  # a merged keyword no value can satisfy: the whole merge is False
 _MAX_INLINE_DEPTH = 64
+_VALUES = ("enum", "const", "examples", "default")  # keywords holding values, not subschemas
 
 
 class SchemaRefs:
     """Anchors and JSON pointers of one root schema."""
 
-    def __init__(self, root: Any) -> None:
+    def __init__(self, root: Any, budget: Budget) -> None:
         self.root = root
         self.anchors: dict[str, str] = {}
         if isinstance(root, dict):
-            self._collect_anchors(root, "")
+            self._collect_anchors(root, budget)
 
-    def _collect_anchors(self, schema: Any, ptr: str) -> None:
-        if isinstance(schema, dict):
-            if ptr and "$id" in schema:
-                raise schema_error("$id", ptr, "embedded schema resources are not supported")
-            if isinstance(schema.get("$anchor"), str):
-                self.anchors[schema["$anchor"]] = ptr
-            for k, v in schema.items():
-                if k in ("enum", "const", "examples", "default"):
-                    continue
-                self._collect_anchors(v, pointer(ptr, k))
-        elif isinstance(schema, list):
-            for i, v in enumerate(schema):
-                self._collect_anchors(v, pointer(ptr, i))
+    def _collect_anchors(self, root: dict, budget: Budget) -> None:
+        todo: list[tuple[Any, str]] = [(root, "")]
+        while todo:
+            schema, ptr = todo.pop()
+            budget.tick("the anchors of the schema")
+            if isinstance(schema, dict):
+                if ptr and "$id" in schema:
+                    raise schema_error("$id", ptr, "embedded schema resources are not supported")
+                if isinstance(schema.get("$anchor"), str):
+                    self.anchors[schema["$anchor"]] = ptr
+                todo.extend(
+                    (v, pointer(ptr, k))
+                    for k, v in reversed(schema.items())
+                    if k not in ("enum", "const", "examples", "default")
+                )
+            elif isinstance(schema, list):
+                todo.extend((v, pointer(ptr, i)) for i, v in reversed(list(enumerate(schema))))
 
     def ref_pointer(self, ref: Any, ptr: str) -> str:
         if not isinstance(ref, str):
@@ -72,9 +78,10 @@ class SchemaRefs:
 class SchemaMerger:
     """Inlines ``$ref`` and merges ``allOf`` branches into one schema."""
 
-    def __init__(self, refs: SchemaRefs, patterns: PatternCache) -> None:
+    def __init__(self, refs: SchemaRefs, patterns: PatternCache, budget: Budget) -> None:
         self.refs = refs
         self.patterns = patterns
+        self.budget = budget
 
     def inline(self, schema: Any, ptr: str, depth: int = 0) -> Any:
         """Replace a top-level ``$ref`` and ``allOf`` by their merged content (bool or dict)."""
@@ -97,6 +104,7 @@ class SchemaMerger:
         return schema
 
     def merge(self, a: Any, b: Any, ptr: str, depth: int = 0) -> Any:
+        self.budget.tick(f"the allOf at {ptr or '/'}", 1 + (len(a) if isinstance(a, dict) else 0))
         a = self.inline(a, ptr, depth)
         b = self.inline(b, ptr, depth)
         if a is False or b is False:
@@ -152,6 +160,7 @@ class SchemaMerger:
         if k == "type":
             return _merge_types(w, v)
         if k == "properties":
+            self.budget.charge(f"the allOf at {ptr or '/'}", len(v))
             props = dict(w)
             for name, s in v.items():
                 props[name] = {"allOf": [props[name], s]} if name in props else s
@@ -198,6 +207,7 @@ class SchemaMerger:
         outright, when neither side has an additionalProperties restriction (pattern sets are
         then unioned), or when both sides have the same patterns."""
         names = list(dict.fromkeys([*a.get("properties", {}), *b.get("properties", {})]))
+        self.budget.charge(f"the allOf at {ptr or '/'}", len(names))
         out["properties"] = {n: {"allOf": [self.key_side(a, n, ptr), self.key_side(b, n, ptr)]} for n in names}
         pa, pb = a.get("patternProperties", {}), b.get("patternProperties", {})
         add_a, add_b = a.get("additionalProperties", True), b.get("additionalProperties", True)

@@ -10,6 +10,7 @@ one registry here; nothing is written onto the tokenizer).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 import threading
@@ -23,7 +24,19 @@ import numpy as np
 
 from tritonlm.errors import SchemaError
 
-_INDEX_VERSION = 1
+_INDEX_VERSION = 2
+_INDEX_FORMAT = "tritonlm-vocab-index"
+_INDEX_ARRAYS = {  # name -> dtype of the arrays of an index file, in checksum order
+    "child_start": np.dtype(np.int32),
+    "child_byte": np.dtype(np.uint8),
+    "child_node": np.dtype(np.int32),
+    "tok_start": np.dtype(np.int32),
+    "tok_ids": np.dtype(np.int32),
+    "order": np.dtype(np.int32),
+    "lengths": np.dtype(np.int32),
+    "col_flat": np.dtype(np.uint8),
+    "col_off": np.dtype(np.int64),
+}
 
 
 def _gpt2_unicode_to_bytes() -> dict[str, int]:
@@ -62,6 +75,7 @@ class TokenizerInfo:
     vocab_size: int
     special_token_ids: frozenset[int] = field(default=frozenset(), repr=False)
     _index: VocabIndex | None = field(default=None, repr=False, compare=False)
+    _index_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.vocab_size < len(self.vocab):
@@ -143,7 +157,9 @@ class TokenizerInfo:
     @property
     def index(self) -> VocabIndex:
         if self._index is None:
-            self._index = VocabIndex.load_or_build(self)
+            with self._index_lock:
+                if self._index is None:
+                    self._index = VocabIndex.load_or_build(self)
         return self._index
 
     def grammar_bytes(self, token_id: int) -> bytes:
@@ -286,23 +302,83 @@ class VocabIndex:
 
     @classmethod
     def load_or_build(cls, info: TokenizerInfo) -> VocabIndex:
+        """The index from the disk cache when the file there is exactly a valid index of this
+        format version (plain arrays read with ``allow_pickle=False``, shapes, dtypes, ranges
+        and a sha256 checked), else built and written atomically."""
         path = cls.cache_path(info)
-        if path.exists():
-            try:
-                with np.load(path) as data:
-                    return cls({k: data[k] for k in data.files}, info.vocab_size)
-            except (OSError, ValueError, KeyError):
-                pass
+        arrays = load_index_arrays(path, info.vocab_size) if path.exists() else None
+        if arrays is not None:
+            return cls(arrays, info.vocab_size)
         arrays = cls.build(info.vocab, info.special_token_ids, info.vocab_size)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
-            os.replace(tmp, path)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    np.savez(f, **arrays, meta=_index_meta(arrays, info.vocab_size))  # type: ignore[arg-type]
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         except OSError:
             pass
         return cls(arrays, info.vocab_size)
+
+
+def _index_checksum(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in _INDEX_ARRAYS:
+        a = arrays[name]
+        h.update(f"{name}:{a.dtype.str}:{a.shape}:".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _index_meta(arrays: dict[str, np.ndarray], vocab_size: int) -> np.ndarray:
+    meta = {"format": _INDEX_FORMAT, "version": _INDEX_VERSION, "vocab_size": vocab_size}
+    meta["sha256"] = _index_checksum(arrays)
+    return np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+
+
+def load_index_arrays(path: Path, vocab_size: int) -> dict[str, np.ndarray] | None:
+    """The arrays of a valid index file at ``path``, or None (never unpickles anything)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not isinstance(data, np.lib.npyio.NpzFile) or set(data.files) != {*_INDEX_ARRAYS, "meta"}:
+                return None
+            arrays = {name: data[name] for name in data.files}
+        return arrays if _index_valid(arrays, vocab_size) else None
+    except Exception:  # anything malformed in an untrusted file means "rebuild it"
+        return None
+
+
+def _index_valid(arrays: dict[str, np.ndarray], vocab_size: int) -> bool:
+    meta_arr = arrays.pop("meta")
+    if meta_arr.dtype != np.uint8 or meta_arr.ndim != 1:
+        return False
+    meta = json.loads(meta_arr.tobytes().decode())
+    if not isinstance(meta, dict) or meta.get("format") != _INDEX_FORMAT or meta.get("version") != _INDEX_VERSION:
+        return False
+    if meta.get("vocab_size") != vocab_size:
+        return False
+    if any(arrays[n].dtype != dt or arrays[n].ndim != 1 for n, dt in _INDEX_ARRAYS.items()):
+        return False
+    if meta.get("sha256") != _index_checksum(arrays):
+        return False
+    cs, cn, ts = arrays["child_start"], arrays["child_node"], arrays["tok_start"]
+    n_nodes = len(cs) - 1
+    ok = n_nodes >= 1 and len(ts) == n_nodes + 1
+    ok = ok and len(arrays["child_byte"]) == len(cn) == int(cs[-1]) and int(ts[-1]) == len(arrays["tok_ids"])
+    ok = ok and len(arrays["order"]) == len(arrays["lengths"]) and int(arrays["col_off"][-1]) == len(arrays["col_flat"])
+    if not ok:
+        return False
+    for off in (cs, ts, arrays["col_off"]):
+        if off[0] != 0 or (np.diff(off) < 0).any():
+            return False
+    for ids in (arrays["tok_ids"], arrays["order"]):
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+            return False
+    return not (cn.size and (cn.min() < 1 or cn.max() >= n_nodes))
 
 
 class _InfoRegistry:

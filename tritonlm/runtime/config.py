@@ -7,11 +7,38 @@ from dataclasses import dataclass
 from tritonlm.errors import ConfigError
 
 
-def _check_positive(name: str, value: object, *, optional: bool = False) -> None:
+def _check_positive(name: str, value: object, *, optional: bool = False, owner: str = "EngineConfig") -> None:
     if optional and value is None:
         return
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"EngineConfig.{name}={value!r}: must be a positive integer")
+        raise ConfigError(f"{owner}.{name}={value!r}: must be a positive integer")
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may cost. A request over a cap is refused with
+    :class:`~tritonlm.errors.RequestTooLargeError`; a grammar over a budget with
+    :class:`~tritonlm.errors.SchemaBudgetError` (the request fails alone, the engine goes on).
+
+    Grammars compile on worker threads, never on the step loop; the budgets are checked while
+    they compile. ``mask_time_budget_s`` bounds one grammar state's first token mask, which is
+    computed during a step (the start state's mask is computed with the compile).
+    """
+
+    max_n: int = 64
+    max_request_tokens: int = 65536  # n * max_tokens
+    compile_time_budget_s: float = 10.0
+    compile_size_budget: int = 200_000  # automaton states and expanded alternatives of one compile
+    mask_time_budget_s: float = 2.0
+    grammar_cache_bytes: int = 256 << 20  # compiled grammars kept for reuse, by their size
+
+    def __post_init__(self) -> None:
+        for name in ("max_n", "max_request_tokens", "compile_size_budget", "grammar_cache_bytes"):
+            _check_positive(name, getattr(self, name), owner="RequestLimits")
+        for name in ("compile_time_budget_s", "mask_time_budget_s"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ConfigError(f"RequestLimits.{name}={value!r}: must be a positive number of seconds")
 
 
 @dataclass(frozen=True)
@@ -29,6 +56,8 @@ class EngineConfig:
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     seed: int = 0
+    limits: RequestLimits = RequestLimits()
+    num_compile_workers: int = 2  # threads that compile grammars (prompts are tokenized on another)
 
     def __post_init__(self) -> None:
         _check_positive("block_size", self.block_size)
@@ -37,6 +66,9 @@ class EngineConfig:
         _check_positive("max_num_seqs", self.max_num_seqs)
         _check_positive("max_num_batched_tokens", self.max_num_batched_tokens)
         _check_positive("max_model_len", self.max_model_len, optional=True)
+        _check_positive("num_compile_workers", self.num_compile_workers)
+        if not isinstance(self.limits, RequestLimits):
+            raise ConfigError(f"EngineConfig.limits must be RequestLimits, got {type(self.limits).__name__}")
         if not isinstance(self.kv_cache_fraction, (int, float)) or not 0 < self.kv_cache_fraction <= 0.95:
             raise ConfigError(f"EngineConfig.kv_cache_fraction={self.kv_cache_fraction!r}: must be in (0, 0.95]")
         if not isinstance(self.seed, int):
@@ -79,4 +111,4 @@ def max_blocks_needed(config: EngineConfig, model_context: int) -> int:
     return config.max_num_seqs * -(-model_len // config.block_size)
 
 
-__all__ = ["EngineConfig", "KVCachePlan", "max_blocks_needed", "plan_kv_cache"]
+__all__ = ["EngineConfig", "KVCachePlan", "RequestLimits", "max_blocks_needed", "plan_kv_cache"]

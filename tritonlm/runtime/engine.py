@@ -13,6 +13,10 @@ loop and takes submissions from any thread. The engine wires the parts and owns 
 
 A failure confined to one request (its grammar, its sampling row, its text) fails that request
 alone; a failed forward fails the requests of its batch; the engine goes on either way.
+
+Submission is two halves: :meth:`Engine.prepare` (checks, tokenization, grammar compile; any
+thread, touches no engine state, so the loop runs it on workers) and :meth:`Engine.add_prepared`
+(the loop thread). :meth:`Engine.add_request` does both, for single-threaded use.
 """
 
 from __future__ import annotations
@@ -20,10 +24,19 @@ from __future__ import annotations
 import itertools
 import random
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from tritonlm.errors import ConfigError, ConstraintViolation, ContextTooLongError, InferenceError, TritonLMError
+from tritonlm.errors import (
+    CompileCancelled,
+    ConfigError,
+    ConstraintViolation,
+    InferenceError,
+    RequestTooLargeError,
+    TritonLMError,
+)
 from tritonlm.model.qwen2 import Qwen2ForCausalLM
 from tritonlm.model.tokenizer import Tokenizer
 from tritonlm.runtime.block_manager import BlockManager
@@ -38,6 +51,16 @@ from tritonlm.runtime.sampler import Sampler, SamplerOutput, draw_seed
 from tritonlm.runtime.sampling_params import SamplingParams
 from tritonlm.runtime.scheduler import Scheduler, SchedulerOutput
 from tritonlm.runtime.structured_output import CompiledGrammar, GrammarMasksJob, StructuredOutputManager
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A request checked, tokenized and with its grammar compiled, ready for the scheduler."""
+
+    prompt: Prompt
+    prompt_ids: list[int]
+    params: SamplingParams
+    grammar: CompiledGrammar | None
 
 
 class Engine:
@@ -60,7 +83,9 @@ class Engine:
         self.stats = EngineStats()
         eos_token_ids = tuple(tokenizer.eos_token_ids or model.config.eos_token_ids)
         self.inputs = InputProcessor(tokenizer, model.config.vocab_size)
-        self.structured_output = StructuredOutputManager(tokenizer, model.config.vocab_size, eos_token_ids)
+        self.structured_output = StructuredOutputManager(
+            tokenizer, model.config.vocab_size, eos_token_ids, config.limits
+        )
         self.outputs = OutputProcessor(tokenizer, eos_token_ids)
         self._ids = itertools.count()
         self._arrivals = itertools.count()
@@ -75,21 +100,41 @@ class Engine:
     def add_request(self, prompt: Prompt, params: SamplingParams | None = None, request_id: str | None = None) -> str:
         """Queue a request (``params.n`` sequences); returns its id. Raises a :class:`TritonLMError`
         for a bad request (the engine state is unchanged then)."""
+        return self.add_prepared(self.prepare(prompt, params), request_id)
+
+    def prepare(
+        self, prompt: Prompt, params: SamplingParams | None = None, cancelled: Callable[[], bool] | None = None
+    ) -> PreparedRequest:
+        """Check the request against the engine's limits, tokenize it and compile its grammar.
+        Any thread (reads no engine state). Raises a :class:`TritonLMError` for a bad request;
+        :class:`~tritonlm.errors.CompileCancelled` once ``cancelled()`` is true."""
         params = params or SamplingParams()
         if not isinstance(params, SamplingParams):
             raise ConfigError(f"params must be SamplingParams, got {type(params).__name__}")
+        self._check_limits(params)
+        prompt_ids = self.inputs.tokenize(prompt, max_prompt_tokens=self.max_model_len - 1)
+        if cancelled is not None and cancelled():
+            raise CompileCancelled("the request was aborted before its grammar was compiled")
+        grammar = self.structured_output.compile(params, cancelled)
+        return PreparedRequest(prompt, prompt_ids, params, grammar)
+
+    def _check_limits(self, params: SamplingParams) -> None:
+        limits = self.config.limits
+        if params.n > limits.max_n:
+            raise RequestTooLargeError(f"n={params.n}: this server allows at most n={limits.max_n} per request")
+        if params.n * params.max_tokens > limits.max_request_tokens:
+            raise RequestTooLargeError(
+                f"n * max_tokens = {params.n} * {params.max_tokens} = {params.n * params.max_tokens}: this server "
+                f"allows at most {limits.max_request_tokens} generated tokens per request"
+            )
+
+    def add_prepared(self, prepared: PreparedRequest, request_id: str | None = None) -> str:
+        """Queue a prepared request; returns its id. Loop thread only."""
         group_id = request_id if request_id is not None else f"req-{next(self._ids)}"
         if group_id in self.outputs.groups:
             raise ConfigError(f"request id {group_id!r} is already in use")
-        prompt_ids = self.inputs.tokenize(prompt)
-        if len(prompt_ids) >= self.max_model_len:
-            raise ContextTooLongError(
-                f"the prompt has {len(prompt_ids)} tokens; the context holds {self.max_model_len} "
-                "(including at least one generated token)"
-            )
-        grammar = self.structured_output.compile(params)
-        requests = self._fan_out(group_id, prompt_ids, params, grammar)
-        self.outputs.add_group(prompt, prompt_ids, requests)
+        requests = self._fan_out(group_id, prepared.prompt_ids, prepared.params, prepared.grammar)
+        self.outputs.add_group(prepared.prompt, prepared.prompt_ids, requests)
         for request in requests:
             self.scheduler.add(request)
         return group_id
@@ -317,4 +362,4 @@ class Engine:
         assert bm.num_free_blocks == bm.num_blocks, "a block is neither free nor cached"
 
 
-__all__ = ["Engine", "EngineConfig", "EngineStats", "Prompt", "RequestStatus", "failed_output"]
+__all__ = ["Engine", "EngineConfig", "EngineStats", "PreparedRequest", "Prompt", "RequestStatus", "failed_output"]

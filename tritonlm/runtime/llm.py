@@ -19,11 +19,11 @@ from typing import Any
 
 from tritonlm.config import ModelConfig
 from tritonlm.errors import ConfigError, InferenceError
-from tritonlm.runtime.config import EngineConfig
+from tritonlm.runtime.config import EngineConfig, RequestLimits
 from tritonlm.runtime.engine import Engine
 from tritonlm.runtime.engine_loop import EngineLoop, Sink, TextStream, apply_thread_setting
 from tritonlm.runtime.inputs import Prompt, split_prompts
-from tritonlm.runtime.metrics import EngineMetrics, EngineStats
+from tritonlm.runtime.metrics import EngineHealth, EngineMetrics, EngineStats
 from tritonlm.runtime.outputs import RequestOutput, StreamDelta
 from tritonlm.runtime.sampling_params import SamplingParams
 from tritonlm.threads import call_on_fresh_thread
@@ -54,11 +54,14 @@ class LLM:
         seed: int = 0,
         deterministic: bool = False,
         quantization: str | None = "auto",
+        limits: RequestLimits | None = None,
     ) -> None:
         """``deterministic``: greedy outputs of a request do not depend on the other requests
         sharing its batches (batch-invariant matmuls and attention; slower for batches).
         ``quantization``: see :func:`tritonlm.model.loader.load_model` (``"auto"``: a .gguf keeps
-        its quantized weights, a HF folder loads dense)."""
+        its quantized weights, a HF folder loads dense). ``limits``: what one request may cost
+        (:class:`~tritonlm.runtime.config.RequestLimits`: ``n``, generated tokens, grammar compile
+        budgets, the grammar cache's bytes)."""
         model_config = ModelConfig(
             model=model,
             dtype=dtype,
@@ -79,6 +82,7 @@ class LLM:
             max_model_len=max_model_len,
             enable_prefix_caching=enable_prefix_caching,
             seed=seed,
+            limits=limits or RequestLimits(),
         )
         from tritonlm.model.loader import load_model
 
@@ -136,7 +140,8 @@ class LLM:
             if delta.finished:
                 results.put(delta)
 
-        ids = [self._loop.submit(p, sp, sink) for p, sp in zip(prompt_list, param_list, strict=True)]
+        ids = [self._loop.new_request_id() for _ in prompt_list]
+        self._loop.submit_many(list(zip(prompt_list, param_list, [sink] * len(ids), ids, strict=True)))
         outputs: dict[str, RequestOutput] = {}
         try:
             while len(outputs) < len(ids):
@@ -174,6 +179,10 @@ class LLM:
     def metrics(self) -> EngineMetrics:
         """A snapshot of the engine's queues, KV cache and counters (any thread)."""
         return self.engine.metrics()
+
+    def health(self) -> EngineHealth:
+        """Whether the engine loop serves requests (failed, closed or stalled loops are not ok)."""
+        return self._loop.health()
 
     @property
     def stats(self) -> EngineStats:
@@ -258,6 +267,9 @@ class AsyncLLM:
 
     def metrics(self) -> EngineMetrics:
         return self.llm.metrics()
+
+    def health(self) -> EngineHealth:
+        return self.llm.health()
 
     def abort(self, request_id: str) -> None:
         self.llm.abort(request_id)

@@ -34,4 +34,13 @@ class EngineMetrics:
     max_model_len: int
 
 
-__all__ = ["EngineMetrics", "EngineStats"]
+@dataclass(frozen=True)
+class EngineHealth:
+    """Whether the engine loop serves requests: ``ok`` False once it has failed or closed, or when
+    it holds work but has not finished a step for longer than the stall limit; ``detail`` says why."""
+
+    ok: bool
+    detail: str
+
+
+__all__ = ["EngineHealth", "EngineMetrics", "EngineStats"]

@@ -211,11 +211,19 @@ def failed_output(request_id: str, prompt: Any, error: BaseException, n: int = 1
     return RequestOutput(request_id, prompt, [], outputs, usage)
 
 
+def aborted_output(request_id: str, prompt: Any, n: int = 1) -> RequestOutput:
+    """The output of a request aborted before it reached the scheduler (nothing generated)."""
+    outputs = [CompletionOutput(i, "", [], "abort", None, None) for i in range(n)]
+    usage = RequestUsage(0, 0, 0, None, 0.0, None)
+    return RequestOutput(request_id, prompt, [], outputs, usage)
+
+
 __all__ = [
     "CompletionState",
     "Detokenizer",
     "OutputProcessor",
     "RequestGroup",
+    "aborted_output",
     "failed_output",
     "request_output",
 ]

@@ -10,18 +10,26 @@ engine fails those requests alone. After a token is appended, :meth:`forced_toke
 tokens the grammar forces next (jump-forward) and the budget methods keep a constrained output
 completable within its token budget.
 
+Grammars are compiled by :meth:`StructuredOutputManager.compile`, which is thread-safe and is
+called on the engine loop's compile workers, never on the step loop: each compile runs under
+the engine's :class:`~tritonlm.runtime.config.RequestLimits` (time and size budgets checked while
+it runs, :class:`~tritonlm.errors.SchemaBudgetError` over them) and stops with
+:class:`~tritonlm.errors.CompileCancelled` once its ``cancelled`` callback says so.
+
 Every call into :mod:`tritonlm.constraints` is in :class:`_ConstraintsBackend`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from tritonlm.errors import ConfigError
 from tritonlm.model.tokenizer import Tokenizer
+from tritonlm.runtime.config import RequestLimits
 from tritonlm.runtime.request import Request
 from tritonlm.runtime.sampling_params import SamplingParams
 
@@ -29,7 +37,7 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
-    from tritonlm.constraints import GrammarCompiler
+    from tritonlm.constraints import CompileLimits, GrammarCompiler
 
     Bitmask = NDArray[np.int32]  # [rows, ceil(V / 32)]; bit t of row j set = token t allowed
 
@@ -81,30 +89,45 @@ GrammarMasksJob = Future[GrammarMasks]  # the masks of one step, being filled on
 
 class _ConstraintsBackend:
     """The only code that calls :mod:`tritonlm.constraints`. Owns the engine's
-    ``GrammarCompiler`` (its bounded grammar, token-table and DFA caches), built at the first
-    constrained request so unconstrained engines never import the constraint package."""
+    ``GrammarCompiler`` (its grammar caches, bounded by bytes), built at the first constrained
+    request so unconstrained engines never import the constraint package. Thread-safe."""
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    def __init__(self, tokenizer: Tokenizer, limits: RequestLimits) -> None:
         self.tokenizer = tokenizer
+        self.limits = limits
         self._compiler: GrammarCompiler | None = None
+        self._compile_limits: CompileLimits | None = None
+        self._lock = threading.Lock()
 
     def _grammar_compiler(self) -> GrammarCompiler:
-        if self._compiler is None:
-            try:
-                from tritonlm.constraints import GrammarCompiler
-            except ImportError as exc:  # pragma: no cover - depends on the install
-                raise ConfigError("constrained decoding needs tritonlm.constraints, which is not available") from exc
-            self._compiler = GrammarCompiler(self.tokenizer)
-        return self._compiler
+        with self._lock:
+            if self._compiler is None:
+                try:
+                    from tritonlm.constraints import CompileLimits, GrammarCompiler
+                except ImportError as exc:  # pragma: no cover - depends on the install
+                    message = "constrained decoding needs tritonlm.constraints, which is not available"
+                    raise ConfigError(message) from exc
+                self._compile_limits = CompileLimits(
+                    max_seconds=self.limits.compile_time_budget_s,
+                    max_size=self.limits.compile_size_budget,
+                    max_mask_seconds=self.limits.mask_time_budget_s,
+                )
+                self._compiler = GrammarCompiler(
+                    self.tokenizer, limits=self._compile_limits, cache_bytes=self.limits.grammar_cache_bytes
+                )
+            return self._compiler
 
-    def compile(self, params: SamplingParams) -> CompiledGrammar:
+    def compile(self, params: SamplingParams, cancelled: Callable[[], bool] | None) -> CompiledGrammar:
+        from tritonlm.constraints import CompileBudget
+
         compiler = self._grammar_compiler()
+        budget = CompileBudget(self._compile_limits, cancelled=cancelled)
         if params.json_schema is not None:
-            return compiler.compile_json_schema(params.json_schema)
+            return compiler.compile_json_schema(params.json_schema, budget=budget)
         if params.regex is not None:
-            return compiler.compile_regex(params.regex)
+            return compiler.compile_regex(params.regex, budget=budget)
         assert params.choice is not None
-        return compiler.compile_choice(list(params.choice))
+        return compiler.compile_choice(list(params.choice), budget=budget)
 
     def allocate_bitmask(self, num_rows: int, vocab_size: int) -> Bitmask:
         from tritonlm.constraints import allocate_token_bitmask
@@ -115,17 +138,21 @@ class _ConstraintsBackend:
 class StructuredOutputManager:
     """Grammars, masks, jump-forward and budget closing for the engine's constrained requests."""
 
-    def __init__(self, tokenizer: Tokenizer, vocab_size: int, eos_token_ids: Sequence[int]) -> None:
-        self._backend = _ConstraintsBackend(tokenizer)
+    def __init__(
+        self, tokenizer: Tokenizer, vocab_size: int, eos_token_ids: Sequence[int], limits: RequestLimits
+    ) -> None:
+        self._backend = _ConstraintsBackend(tokenizer, limits)
         self.vocab_size = vocab_size
         self._eos_token_ids = frozenset(eos_token_ids)
         self._closing_eos = eos_token_ids[0] if eos_token_ids else -1  # the EOS that closes an output
         self._pool: ThreadPoolExecutor | None = None  # fills masks during the forward
 
-    def compile(self, params: SamplingParams) -> CompiledGrammar | None:
-        """The request's grammar (compiled once per grammar by the backend); None if unconstrained.
-        Raises :class:`~tritonlm.errors.SchemaError` for one that does not compile."""
-        return self._backend.compile(params) if params.has_constraint else None
+    def compile(self, params: SamplingParams, cancelled: Callable[[], bool] | None = None) -> CompiledGrammar | None:
+        """The request's grammar (cached by the backend); None if unconstrained. Any thread.
+        Raises :class:`~tritonlm.errors.SchemaError` for one that does not compile,
+        :class:`~tritonlm.errors.SchemaBudgetError` over budget, and
+        :class:`~tritonlm.errors.CompileCancelled` once ``cancelled()`` is true."""
+        return self._backend.compile(params, cancelled) if params.has_constraint else None
 
     # ---- masks -------------------------------------------------------------------------------
     def start_masks(self, sampling: Sequence[Request]) -> GrammarMasksJob | None:

@@ -2,21 +2,38 @@
 
 Endpoints: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions`` (SSE streaming),
 ``/health``, ``/metrics`` (Prometheus text). A client that disconnects aborts its request, which
-frees its KV blocks. Bad requests get a 4xx with an OpenAI-style error body. The handler body
-lives in :mod:`tritonlm.server.service`, the response formats in :mod:`tritonlm.server.responses`.
+frees its KV blocks, whether it streams or not. Bad requests get a 4xx with an OpenAI-style error
+body. The handler body lives in :mod:`tritonlm.server.service`, the response formats in
+:mod:`tritonlm.server.responses`, the request checks in :mod:`tritonlm.server.guards`.
+
+Access: with ``api_key`` every ``/v1/*`` route answers 401 unless the request sends
+``Authorization: Bearer <api_key>``; with ``allowed_hosts`` a request whose Host header is not
+one of them answers 400. ``/health`` is exempt from both (liveness probes send neither): it says
+200 ``{"status": "ok"}`` while the engine serves, else 503 with the reason. ``/metrics`` is
+exempt from the key (as vLLM's is; Prometheus scrapes it unauthenticated) but not from the Host
+check. A request body over ``max_request_bytes`` answers 413.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException
 
 from tritonlm.errors import TritonLMError
 from tritonlm.runtime.llm import LLM
 from tritonlm.server.errors import APIError, error_from, validation_error
+from tritonlm.server.guards import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    AccessGuard,
+    BodyLimit,
+    check_max_request_bytes,
+    host_set,
+)
 from tritonlm.server.protocol import ChatCompletionRequest, CompletionRequest
 from tritonlm.server.responses import ChatShape, CompletionShape
 from tritonlm.server.service import Server
@@ -37,18 +54,47 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def tritonlm_error(_: Request, exc: TritonLMError) -> JSONResponse:
         return error_from(exc).response()
 
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        # the framework's own: unknown route, wrong method, a body that could not be read
+        return APIError(exc.status_code, str(exc.detail), headers=exc.headers).response()
 
-def build_app(llm: LLM, model_name: str) -> FastAPI:
-    """The FastAPI application over an existing :class:`LLM` (all clients share its engine loop)."""
+    @app.exception_handler(Exception)
+    async def unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+        return error_from(exc).response()
+
+
+def build_app(
+    llm: LLM,
+    model_name: str,
+    *,
+    api_key: str | None = None,
+    allowed_hosts: Iterable[str] | None = None,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+) -> FastAPI:
+    """The FastAPI application over an existing :class:`LLM` (all clients share its engine loop).
+
+    ``api_key``: the Bearer token ``/v1/*`` requires (None: open). ``allowed_hosts``: the Host
+    header values served, names or ``name:port`` (None or ``"*"``: any). ``max_request_bytes``:
+    the largest request body accepted.
+    """
+    hosts = host_set(allowed_hosts)
+    max_bytes = check_max_request_bytes(max_request_bytes)
     server = Server(llm, model_name)
     chat_shape, completion_shape = ChatShape(llm.tokenizer), CompletionShape(llm.tokenizer)
     app = FastAPI(title="tritonlm", version="0.1.0")
     app.state.server = server
     _install_error_handlers(app)
+    # the last added runs first: the Host and key checks answer before any body byte is read
+    app.add_middleware(BodyLimit, max_bytes=max_bytes)
+    app.add_middleware(AccessGuard, api_key=api_key, allowed_hosts=hosts)
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> JSONResponse:
+        ok, reason = server.health()
+        if ok:
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "unhealthy", "reason": reason}, status_code=503)
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
@@ -76,11 +122,22 @@ def build_app(llm: LLM, model_name: str) -> FastAPI:
     return app
 
 
-def serve(llm: LLM, model_name: str, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
-    """Run the server until interrupted."""
+def serve(
+    llm: LLM,
+    model_name: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    *,
+    api_key: str | None = None,
+    allowed_hosts: Iterable[str] | None = None,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+) -> None:
+    """Run the server until interrupted (options: :func:`build_app`)."""
     import uvicorn
 
-    uvicorn.run(build_app(llm, model_name), host=host, port=port, log_level=log_level)
+    app = build_app(llm, model_name, api_key=api_key, allowed_hosts=allowed_hosts, max_request_bytes=max_request_bytes)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
 __all__ = ["build_app", "serve"]

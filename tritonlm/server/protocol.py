@@ -8,26 +8,59 @@ sampling field, so a new sampling option is declared here and nowhere else in th
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from tritonlm.runtime.inputs import prompt_kind
-from tritonlm.server.errors import APIError
+from tritonlm.server.errors import APIError, field_path
 
 # declared fields that shape the request or the response, not the sampling
 NON_SAMPLING_FIELDS = frozenset({"model", "stream", "stream_options", "prompt", "messages", "echo"})
 
 
+def _is_text(s: str) -> bool:
+    """False for a string with a lone UTF-16 surrogate (JSON's ``"\\ud800"``), which no
+    tokenizer or response body can encode."""
+    if s.isascii():
+        return True
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def invalid_text_location(value: Any) -> tuple[Any, ...] | None:
+    """Where in decoded JSON ``value`` a string (or an object key) is not valid Unicode text;
+    None if nowhere. Iterative: the body may nest deeper than Python's recursion limit."""
+    stack: list[tuple[tuple[Any, ...], Any]] = [((), value)]
+    while stack:
+        loc, item = stack.pop()
+        if isinstance(item, str):
+            if not _is_text(item):
+                return loc
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and not _is_text(key):
+                    return loc
+                if isinstance(child, (str, dict, list)):
+                    stack.append(((*loc, key), child))
+        elif isinstance(item, list):
+            stack.extend(((*loc, i), child) for i, child in enumerate(item) if isinstance(child, (str, dict, list)))
+    return None
+
+
 class _Request(BaseModel):
     # unknown OpenAI fields (user, metadata, ...) are accepted and ignored
     model_config = ConfigDict(extra="allow")
+    prompt_field: ClassVar[str]  # the field holding the prompt, named by errors about it
 
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    n: int = Field(default=1, ge=1, le=64)
+    n: int = Field(default=1, ge=1)  # the engine's max_n caps it (RequestTooLargeError)
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
@@ -40,6 +73,20 @@ class _Request(BaseModel):
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     repetition_penalty: float = Field(default=1.0, gt=0.0)
     ignore_eos: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_invalid_text(cls, data: Any) -> Any:
+        # an APIError (not a ValueError) leaves pydantic as is, naming the field at fault
+        loc = invalid_text_location(data)
+        if loc is not None:
+            raise APIError(
+                400,
+                "the request holds a string that is not valid Unicode text (a lone UTF-16 surrogate)",
+                code="invalid_unicode",
+                param=field_path(loc),
+            )
+        return data
 
     def engine_prompt(self) -> Any:
         """What the engine receives: text, token ids or chat messages."""
@@ -57,6 +104,7 @@ class _Request(BaseModel):
 
 
 class CompletionRequest(_Request):
+    prompt_field = "prompt"
     prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = Field(default=16, ge=1)
     logprobs: int | None = Field(default=None, ge=0, le=20)
@@ -76,14 +124,48 @@ class CompletionRequest(_Request):
         return prompt
 
 
+class ContentPart(BaseModel):
+    """One part of a message's content. Only ``text`` parts reach the model; parts of other
+    types (images, audio) are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = Field(default=None, validate_default=True)
+
+    @field_validator("text")
+    @classmethod
+    def _text_part_has_text(cls, text: str | None, info: ValidationInfo) -> str | None:
+        if text is None and info.data.get("type") == "text":
+            raise ValueError("a 'text' content part needs a string 'text'")
+        return text
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[dict[str, Any]] | None = None
+    content: list[ContentPart] | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_as_one_part(cls, content: Any) -> Any:
+        # a plain string is one text part (a union type would put its member names in error locations)
+        if isinstance(content, str):
+            return [{"type": "text", "text": content}]
+        if content is None or isinstance(content, list):
+            return content
+        raise ValueError("content must be a string, an array of content parts or null")
+
+    def text(self) -> str | None:
+        """The content as one text (its text parts joined); None without content."""
+        if self.content is None:
+            return None
+        return "".join(p.text or "" for p in self.content if p.type == "text")
 
 
 class ChatCompletionRequest(_Request):
+    prompt_field = "messages"
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
@@ -91,10 +173,12 @@ class ChatCompletionRequest(_Request):
 
     def engine_prompt(self) -> list[dict[str, Any]]:
         """The messages as dicts; content parts become plain text (text parts only)."""
-        messages = [m.model_dump(exclude_none=True) for m in self.messages]
-        for m in messages:
-            if isinstance(m.get("content"), list):
-                m["content"] = "".join(p.get("text", "") for p in m["content"] if p.get("type") == "text")
+        messages = []
+        for message in self.messages:
+            as_dict = message.model_dump(exclude_none=True)
+            if message.content is not None:
+                as_dict["content"] = message.text()
+            messages.append(as_dict)
         return messages
 
 

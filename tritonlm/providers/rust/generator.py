@@ -2,10 +2,11 @@
 that compile.
 
 Flow: :class:`RustFunctionSpec` -> prompt -> :data:`RUST_GENERATION_SCHEMA` -> Rust source
-rendered from every part of the answer -> rustc. The edits rustc suggests for its own errors
-are applied as ``cargo fix`` would (optional); a failure that remains is fed back (the
-previous source and the compiler's errors in the prompt) up to ``max_attempts`` rounds of
-``candidates`` answers each.
+rendered from every part of the answer -> the source check -> rustc, sandboxed under
+:class:`RustcLimits` (:mod:`.sandbox`, :mod:`.rustc`). The edits rustc suggests for its own
+errors are applied as ``cargo fix`` would (optional); a failure that remains is fed back (the
+previous source and the compiler's errors about it in the prompt; or why the source check
+refused it) up to ``max_attempts`` rounds of ``candidates`` answers each.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tritonlm.providers.rust.prompt import build_prompt
 from tritonlm.providers.rust.render import render_rust_source
 from tritonlm.providers.rust.result import RustAttempt, RustGenerationResult
 from tritonlm.providers.rust.rustc import compile_with_fixes
+from tritonlm.providers.rust.sandbox import RustcLimits, UnsafeSourceError
 from tritonlm.providers.rust.schema import RUST_GENERATION_SCHEMA, RustFunctionSpec
 
 
@@ -35,6 +37,11 @@ class RustGenerator:
     times. The first candidate that compiles ends the loop; otherwise the candidate with the
     fewest errors is fed back, with those errors, to the next round, up to ``max_attempts``
     rounds.
+
+    Every rendered source passes the source check before rustc sees it (a remote provider's
+    answer is not grammar-constrained); one it refuses is a failed attempt whose ``error`` is
+    fed back. rustc runs under ``limits`` (default :class:`RustcLimits`) and
+    ``compile_timeout_s`` of wall-clock time.
     """
 
     def __init__(
@@ -47,6 +54,7 @@ class RustGenerator:
         max_fix_rounds: int = 3,
         rustc: str = "rustc",
         compile_timeout_s: float = 60.0,
+        limits: RustcLimits | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
         retry_temperature: float | None = None,
@@ -59,6 +67,8 @@ class RustGenerator:
             raise ConfigError(f"candidates={candidates!r}: must be an integer >= 1")
         if not isinstance(max_fix_rounds, int) or max_fix_rounds < 0:
             raise ConfigError(f"max_fix_rounds={max_fix_rounds!r}: must be an integer >= 0")
+        if limits is not None and not isinstance(limits, RustcLimits):
+            raise ConfigError(f"limits must be a RustcLimits, got {type(limits).__name__}")
         if shutil.which(rustc) is None:
             raise ConfigError(f"rustc not found: {rustc!r}")
         self.adapter = adapter
@@ -67,6 +77,7 @@ class RustGenerator:
         self.max_fix_rounds = max_fix_rounds if compiler_fixes else 0
         self.rustc = rustc
         self.compile_timeout_s = compile_timeout_s
+        self.limits = limits if limits is not None else RustcLimits()
         self.max_tokens = max_tokens
         self.temperature = temperature
         # retries may sample more freely, so a model does not repeat the answer it just gave
@@ -91,9 +102,23 @@ class RustGenerator:
         if problems:  # the adapter validated already; a broken provider must not slip through
             return RustAttempt(generation=None, source=None, compile=None, error="; ".join(problems), round=round_index)
         generated = render_rust_source(spec, generation)
-        source, result, num_fixes = await compile_with_fixes(
-            generated, rustc=self.rustc, timeout_s=self.compile_timeout_s, max_rounds=self.max_fix_rounds
-        )
+        try:
+            source, result, num_fixes = await compile_with_fixes(
+                generated,
+                rustc=self.rustc,
+                timeout_s=self.compile_timeout_s,
+                max_rounds=self.max_fix_rounds,
+                limits=self.limits,
+            )
+        except UnsafeSourceError as exc:
+            return RustAttempt(
+                generation=generation,
+                source=None,
+                compile=None,
+                error=str(exc),
+                round=round_index,
+                generated_source=generated,
+            )
         return RustAttempt(
             generation=generation,
             source=source,

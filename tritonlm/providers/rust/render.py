@@ -2,6 +2,9 @@
 
 The signature's name, parameters and return type come from the spec; the lifetimes it names
 are always declared, and the generation's ``lifetimes`` and ``generic_params`` add theirs.
+Prose (the spec's description, the error handling's texts) becomes rustdoc, defused
+(:func:`~tritonlm.providers.rust.sandbox.defuse_comment_text`) so that it passes the source
+check.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from tritonlm.providers.rust.sandbox import defuse_comment_text
 from tritonlm.providers.rust.schema import RustFunctionSpec
 
 
@@ -18,7 +22,8 @@ def _import_line(path: str) -> str:
 
 
 def _doc_lines(text: str) -> list[str]:
-    return [f"/// {line}".rstrip() for line in text.strip().splitlines()] if text.strip() else []
+    # prose, not code: a forbidden word or an attribute-like `#` in it is defused, not refused
+    return [f"/// {defuse_comment_text(line)}".rstrip() for line in text.strip().splitlines()] if text.strip() else []
 
 
 def render_rust_source(spec: RustFunctionSpec, generation: dict[str, Any]) -> str:

@@ -14,8 +14,10 @@ from tritonlm.providers.rust.schema import RustFunctionSpec
 class RustAttempt:
     """One candidate of one round: a generation and its compile. ``generation`` is None when
     the model's answer did not validate against the schema (``error`` says why); ``source`` and
-    ``compile`` are then None. ``generated_source`` is the source rendered from the generation;
-    ``source`` is what was compiled last, after ``num_fixes`` compiler-suggested edits."""
+    ``compile`` are then None. They are None too when the source check refused the rendered
+    source (``error`` says why, ``generated_source`` holds it): nothing was compiled.
+    ``generated_source`` is the source rendered from the generation; ``source`` is what was
+    compiled last, after ``num_fixes`` compiler-suggested edits."""
 
     generation: dict[str, Any] | None
     source: str | None
