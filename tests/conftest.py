@@ -32,6 +32,8 @@ os.environ["HF_HOME"] = str(SESSION_CACHE_ROOT / "huggingface")
 import hypothesis  # noqa: E402
 import pytest  # noqa: E402
 
+pytest_plugins = ["tests.memreport"]
+
 hypothesis.settings.register_profile("isolated", database=None)
 hypothesis.settings.load_profile("isolated")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -124,12 +126,22 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     limits.add_argument("--grammar-cache-bytes", type=int, default=None, help="bytes of compiled grammars kept")
 
 
+def _add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress of first-use steps on stderr (as TRITONLM_QUIET=1); warnings still show",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tritonlm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_convert(sub)
     _add_serve(sub)
+    for p in sub.choices.values():
+        _add_quiet(p)
     return parser
 
 
@@ -222,6 +234,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.quiet:
+        # tritonlm.config reads it; set here so the whole process (and its children) sees it
+        os.environ["TRITONLM_QUIET"] = "1"
+    # warnings (a fallback to a slower path, ...) go to stderr; stdout holds only the answer
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="tritonlm: %(levelname)s: %(message)s")
     try:
         if args.command == "generate":
             return _generate(args)

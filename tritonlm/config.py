@@ -18,6 +18,7 @@ BACKENDS: tuple[str, ...] = ("torch", "triton", "interpret")
 # The float dtypes by name: the one table (torch dtypes by these names: tritonlm.kernels.dtypes).
 FLOAT_DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 DTYPES: tuple[str, ...] = ("auto", *FLOAT_DTYPE_NAMES)  # auto: tritonlm.model.loader.auto_dtype
+PROGRESS_MODES: tuple[str, ...] = ("auto", "bar", "lines", "off")  # tritonlm.progress
 QUANTIZATIONS: tuple[str | None, ...] = ("auto", "gguf", "int8", "int4", None)
 
 
@@ -31,6 +32,8 @@ class Environment:
     triton_interpret: bool  # TRITON_INTERPRET=1 (must be set before triton is imported)
     num_threads: int | None  # TRITONLM_NUM_THREADS
     api_key: str | None = field(default=None, repr=False)  # TRITONLM_API_KEY: `tritonlm serve`'s key
+    quiet: bool = False  # TRITONLM_QUIET=1: no progress on stderr (tritonlm.progress)
+    progress: str = "auto"  # TRITONLM_PROGRESS: auto, bar, lines or off
 
     @staticmethod
     def read() -> Environment:
@@ -54,6 +57,9 @@ class Environment:
                 raise ConfigError(f"TRITONLM_NUM_THREADS={threads!r}: not an integer") from exc
             if num_threads < 1:
                 raise ConfigError(f"TRITONLM_NUM_THREADS={threads!r}: must be >= 1")
+        progress = os.environ.get("TRITONLM_PROGRESS") or "auto"
+        if progress not in PROGRESS_MODES:
+            raise ConfigError(f"TRITONLM_PROGRESS={progress!r}: expected one of {PROGRESS_MODES}")
         return Environment(
             cache_dir=cache_dir,
             models_dir=models_dir,
@@ -61,6 +67,8 @@ class Environment:
             triton_interpret=os.environ.get("TRITON_INTERPRET", "0") == "1",
             num_threads=num_threads,
             api_key=os.environ.get("TRITONLM_API_KEY") or None,
+            quiet=os.environ.get("TRITONLM_QUIET", "0") not in ("", "0"),
+            progress=progress,
         )
 
 

@@ -309,7 +309,10 @@ class VocabIndex:
         arrays = load_index_arrays(path, info.vocab_size) if path.exists() else None
         if arrays is not None:
             return cls(arrays, info.vocab_size)
-        arrays = cls.build(info.vocab, info.special_token_ids, info.vocab_size)
+        from tritonlm import progress
+
+        with progress.step(f"building the constraint index of a {info.vocab_size}-token vocabulary"):
+            arrays = cls.build(info.vocab, info.special_token_ids, info.vocab_size)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")

@@ -20,8 +20,8 @@ it), parameterized by source, library name, flags and compiler:
 
 Module state (all of it): ``_LOADED``, one entry per (source, name, flags, compiler, cache folder)
 holding the loaded library or the exception that stopped it, so a missing compiler or a failing
-build is probed once per process; ``_LOCK`` guarding it; and a cache of the compiler's predefined
-macros per flags.
+build is probed once per process; ``_WARNED``, the libraries whose fallback was logged, so it is
+logged once; ``_LOCK`` guarding both; and a cache of the compiler's predefined macros per flags.
 Importing this module compiles nothing and never raises.
 """
 
@@ -32,6 +32,7 @@ import ctypes
 import fcntl
 import functools
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -43,9 +44,11 @@ from pathlib import Path
 
 import torch
 
+from tritonlm import progress
 from tritonlm.config import env
 from tritonlm.errors import TritonLMError
 
+logger = logging.getLogger(__name__)
 CSRC = Path(__file__).parent / "csrc"
 COMPILER = "g++"
 COMPILE_FLAGS: tuple[str, ...] = ("-O3", "-march=native", "-fopenmp", "-fPIC", "-std=c++17", "-ffp-contract=off")
@@ -179,7 +182,11 @@ def build(source: Path | str, name: str, flags: Sequence[str] = COMPILE_FLAGS, c
     with _file_lock(folder / ".lock"):
         if lib.is_file():
             return lib
-        with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
+        reason = "no build of it for this source, compiler and CPU yet"
+        with (
+            progress.step(f"compiling {source.name} ({reason}; cached in {folder.parent})"),
+            tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp,
+        ):
             obj, out = Path(tmp) / f"{name}.o", Path(tmp) / lib.name
             _run([compiler or COMPILER, *flags, "-c", str(source), "-o", str(obj)])
             _run(link_args(obj, out, compiler))
@@ -190,6 +197,7 @@ def build(source: Path | str, name: str, flags: Sequence[str] = COMPILE_FLAGS, c
 # ---- loading ---------------------------------------------------------------------------------------
 _LOCK = threading.Lock()
 _LOADED: dict[tuple[str, str, tuple[str, ...], str, str], ctypes.CDLL | NativeUnavailable] = {}
+_WARNED: set[str] = set()  # the libraries whose fallback was logged (log_fallback)
 
 
 def load(
@@ -218,6 +226,16 @@ def load(
     return entry
 
 
+def log_fallback(name: str, fallback: str, exc: BaseException) -> None:
+    """Log, once per ``name`` and process, at WARNING, that ``name`` is not used and what runs
+    instead: ``"<fallback>: <why>"`` (e.g. the compiler's error)."""
+    with _LOCK:
+        if name in _WARNED:
+            return
+        _WARNED.add(name)
+    logger.warning("%s: %s", fallback, exc)
+
+
 def available(source: Path | str, name: str, flags: Sequence[str] = COMPILE_FLAGS, compiler: str | None = None) -> bool:
     """True when ``source`` builds (or is cached) and loads on this machine; never raises."""
     try:
@@ -239,5 +257,6 @@ __all__ = [
     "link_args",
     "load",
     "local_headers",
+    "log_fallback",
     "torch_gomp",
 ]

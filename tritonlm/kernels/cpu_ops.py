@@ -132,12 +132,17 @@ def _silu_probe_matches(lib: _Library) -> bool:
     return True
 
 
+FALLBACK = "rms_norm, rotary, KV store, decode attention and silu_mul fall back to the torch reference (slower)"
+
+
 @functools.cache
 def library() -> _Library | None:
-    """The loaded library, built on first use; None where it cannot be built or loaded."""
+    """The loaded library, built on first use; None where it cannot be built or loaded (logged
+    once, at WARNING, with the reason)."""
     try:
         return _Library(_native.load(SOURCE, LIB_NAME))
-    except Exception:
+    except Exception as exc:
+        _native.log_fallback(LIB_NAME, FALLBACK, exc)
         return None
 
 

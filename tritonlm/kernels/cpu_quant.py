@@ -110,11 +110,16 @@ def _bind(lib: ctypes.CDLL, source: Path, flags: tuple[str, ...], compiler: str)
     return _Library(lib, _native.library_path(source, NAME, flags, compiler))
 
 
+FALLBACK = "quantized matmul falls back to the torch reference (slower)"
+
+
 def available() -> bool:
-    """True when the kernel builds (or is cached) and loads on this machine; never raises."""
+    """True when the kernel builds (or is cached) and loads on this machine; never raises.
+    A failure is logged once, at WARNING, with the reason (:func:`_native.log_fallback`)."""
     try:
         load()
-    except Exception:
+    except Exception as exc:
+        _native.log_fallback(NAME, FALLBACK, exc)
         return False
     return True
 

@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from tritonlm import progress
 from tritonlm.config import env
 from tritonlm.errors import ModelLoadError
 from tritonlm.model.gguf import convert_gguf
@@ -71,13 +72,17 @@ def assemble(parts: Sequence[Path], dest: Path, *, size: int, sha256: str) -> Pa
     total = 0
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
     try:
-        with os.fdopen(fd, "wb") as out:
+        with (
+            progress.step(f"assembling and checking {dest.name} from {len(parts)} pieces", total=size) as advance,
+            os.fdopen(fd, "wb") as out,
+        ):
             for part in parts:
                 with open(part, "rb") as f:
                     while chunk := f.read(1 << 24):
                         digest.update(chunk)
                         out.write(chunk)
                         total += len(chunk)
+                        advance(len(chunk))
         if total != size:
             raise ModelLoadError(f"{dest}: assembled {total} bytes from {len(parts)} pieces, expected {size}")
         if digest.hexdigest() != sha256:
@@ -98,9 +103,10 @@ def verify(path: Path, *, size: int, sha256: str) -> None:
     if actual != size:
         raise ModelLoadError(f"{path}: {actual} bytes, expected {size} (truncated or corrupted)")
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with progress.step(f"checking {path.name}", total=size) as advance, open(path, "rb") as f:
         while chunk := f.read(1 << 24):
             digest.update(chunk)
+            advance(len(chunk))
     if digest.hexdigest() != sha256:
         raise ModelLoadError(f"{path}: sha256 {digest.hexdigest()} does not match the expected {sha256}")
 
@@ -155,6 +161,7 @@ def ensure_default_model() -> Path:
         if stamp.is_file() and stamp.read_text().strip() == expected:
             return folder
         gguf_path = _ensure_default_gguf()
-        convert_gguf(gguf_path, folder, dtype="float32")
+        with progress.step(f"converting {gguf_path.name} into a float32 folder in {folder.parent}"):
+            convert_gguf(gguf_path, folder, dtype="float32")
         stamp.write_text(expected + "\n")
     return folder
