@@ -8,11 +8,14 @@ one WARNING naming it and why, and the outputs stay right.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import re
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import pytest
@@ -78,6 +81,39 @@ def test_bar_mode_draws_a_tqdm_bar_with_the_total(progress_mode, capsys) -> None
     out, err = capsys.readouterr()
     assert out == ""
     assert "tritonlm: copying" in err and "100%" in err and "4.00M/4.00M" in err
+
+
+def test_a_bar_shows_on_a_terminal_that_reports_no_size() -> None:
+    """A fresh pseudo-terminal is 0 x 0; tqdm left to itself would draw nothing there."""
+    master, slave = pty.openpty()
+    code = (
+        "from tritonlm import progress\n"
+        "with progress.step('assembling and checking a-long-file-name.gguf from 6 pieces', total=3 << 20) as a:\n"
+        "    a(3 << 20)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITONLM_PROGRESS", "TRITONLM_QUIET")}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], stderr=slave, stdout=subprocess.PIPE, env=env, cwd=REPO, timeout=120
+        )
+        os.close(slave)
+        slave = -1
+        err = b""
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            err += data
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    assert proc.returncode == 0 and proc.stdout == b""
+    text = err.decode()
+    assert "tritonlm: assembling" in text and "100%|" in text and "3.00M/3.00M" in text, text
 
 
 @pytest.mark.parametrize("how", ["quiet", "off"])
@@ -217,11 +253,11 @@ def _generate_on_a_terminal(tmp_path: Path, *extra: str) -> tuple[str, str]:
         **os.environ,
         "TRITONLM_MODELS_DIR": str(tmp_path / "models"),
         "TRITONLM_CACHE_DIR": str(tmp_path / "cache"),
-        "COLUMNS": "120",
     }
     for key in ("TRITONLM_PROGRESS", "TRITONLM_QUIET"):
         env.pop(key, None)
     master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # 40 rows, 160 columns
     chunks: list[bytes] = []
 
     def drain() -> None:

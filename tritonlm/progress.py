@@ -20,6 +20,7 @@ A step reports where it stands through the callable it yields: ``advance(n)`` ad
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +43,21 @@ def mode(stream: TextIO | None = None) -> str:
         return "bar" if stream.isatty() else "lines"
     except (AttributeError, ValueError):  # a closed or replaced stream
         return "lines"
+
+
+def _terminal_size(stream: TextIO) -> tuple[int, int]:
+    """(columns, rows) of the terminal, 80 x 24 where it reports none: a terminal of size
+    0 x 0, as a fresh pseudo-terminal is, makes tqdm draw nothing."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+        columns, rows = size.columns, size.lines
+    except (AttributeError, OSError, ValueError):
+        columns, rows = 0, 0
+    return (columns if columns > 0 else 80, rows if rows > 0 else 24)
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 3, 1)] + "..."
 
 
 def _size(n: float) -> str:
@@ -71,8 +87,17 @@ def step(what: str, *, total: int | None = None) -> Iterator[Callable[[int], Non
     if shown == "bar" and total is not None:
         from tqdm import tqdm
 
+        columns, rows = _terminal_size(out)
         with tqdm(
-            total=total, desc=f"tritonlm: {what}", unit="B", unit_scale=True, unit_divisor=1024, file=out, leave=True
+            total=total,
+            desc=_fit(f"tritonlm: {what}", max(columns - 50, 20)),  # room for the bar, bytes, rate, times
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            file=out,
+            leave=True,
+            ncols=columns,
+            nrows=rows,
         ) as bar:
 
             def advance_bar(n: int) -> None:

@@ -18,7 +18,7 @@ import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -211,14 +211,46 @@ def _map_rows(tensor: Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> Ten
     return QuantizedWeight(fn(tensor.qweight), fn(tensor.scales), offsets, tensor.bits, tensor.group_size)
 
 
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+
+
+def write_safetensors(tensors: Iterable[tuple[str, torch.Tensor]], path: Path, metadata: dict[str, str]) -> None:
+    """Write ``tensors`` (consumed one at a time) as a safetensors file, holding one tensor at a
+    time: each tensor's bytes go to a scratch file beside ``path`` as it comes, then the header
+    (which must lead the file and names every tensor's offsets) and those bytes form ``path``."""
+    header: dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    scratch = path.with_name(path.name + ".data")
+    try:
+        with open(scratch, "wb") as data:
+            for name, tensor in tensors:
+                if tensor.dtype not in _SAFETENSORS_DTYPES:
+                    raise ConfigError(f"{name}: dtype {tensor.dtype} cannot be written to safetensors here")
+                raw = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
+                data.write(memoryview(raw))
+                header[name] = {
+                    "dtype": _SAFETENSORS_DTYPES[tensor.dtype],
+                    "shape": list(tensor.shape),
+                    "data_offsets": [offset, offset + raw.nbytes],
+                }
+                offset += raw.nbytes
+                del raw, tensor
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
+        with open(path, "wb") as out, open(scratch, "rb") as data:
+            out.write(struct.pack("<Q", len(encoded)))
+            out.write(encoded)
+            shutil.copyfileobj(data, out, 1 << 24)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: str = "float32") -> Path:
     """Write a HF-layout folder (config.json, model.safetensors, tokenizer files) from a GGUF.
 
     HF ``transformers`` loads the result with ``AutoModelForCausalLM.from_pretrained(out_dir)``.
     The folder appears atomically: it is written to a temporary sibling, then renamed.
     """
-    from safetensors.torch import save_file
-
     if dtype not in TORCH_DTYPES:
         raise ConfigError(f"dtype={dtype!r}: expected one of {tuple(TORCH_DTYPES)}")
     src = GGUFFile(gguf_path)
@@ -228,9 +260,8 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: str = "fl
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        tensors = dict(src.state_dict(TORCH_DTYPES[dtype]))
-        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        del tensors
+        # one tensor in memory at a time (a dict of them all and save_file's buffer were two full copies)
+        write_safetensors(src.state_dict(TORCH_DTYPES[dtype]), tmp / "model.safetensors", {"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config.to_hf_dict(torch_dtype=dtype), indent=2))
         generation = {"bos_token_id": config.bos_token_id, "eos_token_id": list(tokenizer.eos_token_ids)}
         (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2))
