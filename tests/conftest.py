@@ -17,6 +17,7 @@ import atexit
 import os
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 from tritonlm.config import Environment
@@ -31,6 +32,8 @@ os.environ["HF_HOME"] = str(SESSION_CACHE_ROOT / "huggingface")
 
 import hypothesis  # noqa: E402
 import pytest  # noqa: E402
+
+from tests.memreport import return_free_memory  # noqa: E402
 
 pytest_plugins = ["tests.memreport"]
 
@@ -66,17 +69,112 @@ def qwen_tokenizer(default_model_dir: Path):
     return Tokenizer.from_dir(default_model_dir, vocab_size=151936)
 
 
-@pytest.fixture(scope="session")
-def default_model(default_model_dir: Path):
-    """The default model in bfloat16 (LoadedModel)."""
+# ---- the real models: one load per session each, released after their last test --------------------
+# name -> (how it is loaded, its phase in the run order). The suite runs the tests of each phase
+# together (shipped, then float32, then bfloat16; tests on no real model first), so at most one
+# real model of ours is resident at a time; the pool lets go of a model as soon as the last test
+# that uses it has finished (module fixtures built on it torn down), so the next one loads into
+# freed memory.
+REAL_MODELS: dict[str, int] = {"shipped_model": 1, "default_model_f32": 2, "default_model": 3}
+
+
+def _load_real_model(name: str, default_model_dir: Path | None):
     from tritonlm.model.loader import load_model
 
-    return load_model(str(default_model_dir), dtype="bfloat16", backend="torch")
+    if name == "shipped_model":  # as LLM("default") ships: the GGUF's quantized weights, dtype auto
+        return load_model("default")
+    dtype = "float32" if name == "default_model_f32" else "bfloat16"
+    return load_model(str(default_model_dir), dtype=dtype, backend="torch")
 
 
-@pytest.fixture(scope="session")
-def default_model_f32(default_model_dir: Path):
-    """The default model in float32 (LoadedModel)."""
-    from tritonlm.model.loader import load_model
+def _phase(item: pytest.Item) -> int:
+    names = set(getattr(item, "fixturenames", ()))
+    return max((phase for name, phase in REAL_MODELS.items() if name in names), default=0)
 
-    return load_model(str(default_model_dir), dtype="float32", backend="torch")
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=_phase)  # stable: within a phase the collected order holds
+
+
+class ModelPool:
+    """The real models, loaded on first use and dropped after the last collected test that uses
+    each (what holds them past that point is a module fixture, torn down with its module)."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, object] = {}
+        self.last_user: dict[str, str] = {}
+        self.still_alive: list[str] = []
+
+    def plan(self, items: list[pytest.Item]) -> None:
+        for item in items:
+            for name in REAL_MODELS:
+                if name in getattr(item, "fixturenames", ()):
+                    self.last_user[name] = item.nodeid
+
+    def get(self, name: str, default_model_dir: Path | None):
+        if name not in self.models:
+            self.models[name] = _load_real_model(name, default_model_dir)
+        return self.models[name]
+
+    def finished(self, item: pytest.Item) -> None:
+        released = [n for n, last in self.last_user.items() if last == item.nodeid and n in self.models]
+        refs = {}
+        for name in released:
+            refs[name] = weakref.ref(self.models.pop(name).model)
+        if released:
+            return_free_memory()
+        for name, ref in refs.items():
+            if ref() is not None:  # something past its last test still holds it
+                self.still_alive.append(f"{name} (released after {item.nodeid})")
+
+
+MODEL_POOL_KEY = pytest.StashKey[ModelPool]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    pool = ModelPool()
+    pool.plan(session.items)
+    session.config.stash[MODEL_POOL_KEY] = pool
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    yield  # the item's fixtures (and the module's, when it ends here) are torn down
+    pool = item.config.stash.get(MODEL_POOL_KEY, None)
+    if pool is not None:
+        pool.finished(item)
+    if nextitem is None or nextitem.module is not getattr(item, "module", None):
+        return_free_memory()  # a module's fixtures are gone: give their pages back
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    pool = config.stash.get(MODEL_POOL_KEY, None)
+    if pool is not None and pool.still_alive:
+        terminalreporter.write_line(
+            "real models still referenced after their last test (memory not freed): " + ", ".join(pool.still_alive)
+        )
+
+
+def _pooled(request: pytest.FixtureRequest, name: str):
+    pool = request.config.stash[MODEL_POOL_KEY]
+    folder = None if name == "shipped_model" else request.getfixturevalue("default_model_dir")
+    return pool.get(name, folder)
+
+
+@pytest.fixture(scope="module")
+def shipped_model(request: pytest.FixtureRequest):
+    """The default model as ``LLM("default")`` loads it: the GGUF's quantized weights on the CPU
+    kernel, float32 activations (LoadedModel)."""
+    return _pooled(request, "shipped_model")
+
+
+@pytest.fixture(scope="module")
+def default_model(request: pytest.FixtureRequest):
+    """The default model dense in bfloat16, from the converted float32 folder (LoadedModel)."""
+    return _pooled(request, "default_model")
+
+
+@pytest.fixture(scope="module")
+def default_model_f32(request: pytest.FixtureRequest):
+    """The default model dense in float32 (LoadedModel)."""
+    return _pooled(request, "default_model_f32")

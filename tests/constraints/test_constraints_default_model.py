@@ -23,11 +23,11 @@ def _prompt(case) -> list[dict[str, str]]:
     ]
 
 
-def _generate_and_validate(default_model, cases_to_run):
+def _generate_and_validate(loaded, cases_to_run):
     from tritonlm.runtime.llm import LLM
     from tritonlm.runtime.sampling_params import SamplingParams
 
-    llm = LLM.from_loaded(default_model, max_num_seqs=50, max_num_batched_tokens=2048)
+    llm = LLM.from_loaded(loaded, max_num_seqs=50, max_num_batched_tokens=2048)
     try:
         prompts, params, cases = [], [], []
         for case in cases_to_run:
@@ -52,9 +52,9 @@ def _generate_and_validate(default_model, cases_to_run):
     return failures
 
 
-def test_generations_over_ten_schemas_all_validate(default_model):
+def test_generations_over_ten_schemas_all_validate(shipped_model):
     """5 generations (greedy and sampled) per schema. The recursive "tree" schema bounds neither
     depth nor breadth; its outputs validate because constrained outputs close within max_tokens."""
     assert len(SCHEMAS) == 10
-    failures = _generate_and_validate(default_model, SCHEMAS)
+    failures = _generate_and_validate(shipped_model, SCHEMAS)
     assert not failures, failures

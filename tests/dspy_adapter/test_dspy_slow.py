@@ -26,8 +26,8 @@ MAX_STRING_LENGTH = 200
 
 
 @pytest.fixture(scope="module")
-def llm(default_model):
-    llm = LLM.from_loaded(default_model, max_num_seqs=32)
+def llm(shipped_model):
+    llm = LLM.from_loaded(shipped_model, max_num_seqs=32)
     yield llm
     llm.close()
 

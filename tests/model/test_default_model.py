@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import unicodedata
 
 import pytest
 import torch
 
+from tests.memreport import return_free_memory
 from tests.model.simple import greedy_tokens
 
 transformers = pytest.importorskip("transformers")
@@ -22,12 +24,29 @@ CHAT_PROMPTS = [
 ]
 
 
+def _digest(tensor: torch.Tensor) -> tuple[str, tuple[int, ...], str]:
+    raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return str(tensor.dtype), tuple(tensor.shape), hashlib.sha256(memoryview(raw)).hexdigest()
+
+
 @pytest.fixture(scope="module")
-def hf_gguf_model(default_gguf_path):
+def hf_f32_reference(default_gguf_path, qwen_tokenizer) -> dict:
+    """What the float32 tests compare with, from HF transformers loading the same GGUF: every
+    weight's dtype, shape and sha256 of its bytes (equal digests: bitwise equal tensors) and the
+    first 48 greedy tokens per chat prompt. The HF model is freed before the tests load ours, so
+    both are never resident together."""
     model = transformers.AutoModelForCausalLM.from_pretrained(
         str(default_gguf_path.parent), gguf_file=default_gguf_path.name, dtype=torch.float32
-    )
-    return model.eval()
+    ).eval()
+    digests = {name: _digest(tensor) for name, tensor in model.state_dict().items()}
+    tok, eos = qwen_tokenizer, qwen_tokenizer.eos_token_ids
+    greedy = []
+    for prompt in CHAT_PROMPTS:
+        ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": prompt}]))
+        greedy.append(_until_eos(_hf_greedy(model, ids, 48, eos), eos))
+    del model
+    return_free_memory()
+    return {"digests": digests, "greedy": greedy}
 
 
 @pytest.fixture(scope="module")
@@ -50,40 +69,52 @@ def _until_eos(tokens: list[int], eos: tuple[int, ...]) -> list[int]:
     return tokens
 
 
-def test_weights_equal_hf_dequantization(default_model_f32, hf_gguf_model):
+def test_weights_equal_hf_dequantization(hf_f32_reference, default_model_f32):
     ours = default_model_f32.model.state_dict()
-    theirs = hf_gguf_model.state_dict()
-    assert set(ours) <= set(theirs)
+    theirs = hf_f32_reference["digests"]
+    assert ours and set(ours) <= set(theirs)
     for name, tensor in ours.items():
-        assert torch.equal(tensor, theirs[name]), name
+        assert _digest(tensor) == theirs[name], name
 
 
-def test_float32_greedy_48_tokens_identical_to_hf(default_model_f32, hf_gguf_model):
+def test_float32_greedy_48_tokens_identical_to_hf(hf_f32_reference, default_model_f32):
     tok = default_model_f32.tokenizer
     eos = tok.eos_token_ids
-    for prompt in CHAT_PROMPTS:
+    for prompt, ref in zip(CHAT_PROMPTS, hf_f32_reference["greedy"], strict=True):
         ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": prompt}]))
         ours = list(greedy_tokens(default_model_f32.model, ids, 48, stop_ids=eos))
-        ref = _until_eos(_hf_greedy(hf_gguf_model, ids, 48, eos), eos)
         assert ours == ref, (prompt, tok.decode(ours), tok.decode(ref))
         assert len(ours) == 48 or ours[-1] in eos
 
 
-def test_bfloat16_first_16_tokens_match_hf_on_4_of_5(default_model, hf_gguf_model):
-    hf_bf16 = hf_gguf_model.to(torch.bfloat16)
-    try:
-        tok = default_model.tokenizer
-        eos = tok.eos_token_ids
-        same = 0
-        for prompt in CHAT_PROMPTS:
-            ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": prompt}]))
-            ours = list(greedy_tokens(default_model.model, ids, 16, stop_ids=eos))
-            ref = _until_eos(_hf_greedy(hf_bf16, ids, 16, eos), eos)
-            same += ours == ref
-        print(f"bfloat16: {same}/5 prompts gave HF's first 16 greedy tokens")
-        assert same >= 4, f"only {same}/5 prompts matched HF bfloat16"
-    finally:
-        hf_gguf_model.to(torch.float32)
+@pytest.fixture(scope="module")
+def hf_bf16_greedy(default_gguf_path, qwen_tokenizer) -> list[list[int]]:
+    """HF transformers' first 16 greedy tokens per chat prompt in bfloat16 (the GGUF loaded as
+    bfloat16: its float32 dequantization rounded, as ``.to(torch.bfloat16)`` does). Computed and
+    the HF model freed before the test loads ours, so both are never resident together."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(default_gguf_path.parent), gguf_file=default_gguf_path.name, dtype=torch.bfloat16
+    ).eval()
+    tok, eos = qwen_tokenizer, qwen_tokenizer.eos_token_ids
+    tokens = []
+    for prompt in CHAT_PROMPTS:
+        ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": prompt}]))
+        tokens.append(_until_eos(_hf_greedy(model, ids, 16, eos), eos))
+    del model
+    return_free_memory()
+    return tokens
+
+
+def test_bfloat16_first_16_tokens_match_hf_on_4_of_5(hf_bf16_greedy, default_model):
+    tok = default_model.tokenizer
+    eos = tok.eos_token_ids
+    same = 0
+    for prompt, ref in zip(CHAT_PROMPTS, hf_bf16_greedy, strict=True):
+        ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": prompt}]))
+        ours = list(greedy_tokens(default_model.model, ids, 16, stop_ids=eos))
+        same += ours == ref
+    print(f"bfloat16: {same}/5 prompts gave HF's first 16 greedy tokens")
+    assert same >= 4, f"only {same}/5 prompts matched HF bfloat16"
 
 
 def tokenizer_corpus(count: int = 240, seed: int = 1234) -> list[str]:

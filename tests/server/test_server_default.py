@@ -13,10 +13,10 @@ MODEL = "qwen2.5-coder-0.5b-instruct"
 
 
 @pytest.fixture(scope="module")
-def default_server(default_model):
+def default_server(shipped_model):
     from tritonlm.runtime.llm import LLM
 
-    llm = LLM.from_loaded(default_model, max_num_seqs=16, max_model_len=4096)
+    llm = LLM.from_loaded(shipped_model, max_num_seqs=16, max_model_len=4096)
     with running_server(llm, MODEL) as url:
         yield url
     llm.close()

@@ -38,6 +38,7 @@ MAX_NESTING = 128  # subschema levels (and JSON container levels of a schema doc
 BYTE_STATE_UNITS = 3  # size units one byte-automaton state costs
 SUBSET_UNIT = 16  # NFA states of a determinisation subset per extra size unit
 CHECK_EVERY = 1024  # ticks between two reads of the clock
+YIELD_EVERY_S = 0.0005  # how often a running compile offers the GIL to other threads (check)
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class CompileBudget:
         self.deadline = self.started + self.limits.max_seconds
         self.size = 0
         self._ticks = 0
+        self._yielded = self.started
 
     @classmethod
     def unlimited(cls) -> CompileBudget:
@@ -99,7 +101,15 @@ class CompileBudget:
     def check(self, construct: str) -> None:
         if self.cancelled is not None and self.cancelled():
             raise CompileCancelled(f"compile cancelled while {_activity(construct)}")
-        if time.monotonic() > self.deadline:
+        now = time.monotonic()
+        if now - self._yielded > YIELD_EVERY_S:
+            # A compile runs on a worker thread beside the step loop, whose torch ops each let go
+            # of the GIL and must win it back: against a thread that only gives it up every
+            # switch interval (5 ms), a step of a few hundred ops waited over a second. Offering
+            # the GIL here keeps each of those waits near this interval instead.
+            self._yielded = now
+            time.sleep(0)
+        if now > self.deadline:
             raise SchemaBudgetError(
                 f"schema too complex: the compile took more than {self.limits.max_seconds:g} s "
                 f"(compile time budget) while {_activity(construct)}"

@@ -39,8 +39,7 @@ from tritonlm.threads import call_on_fresh_thread
 # ---------------------------------------------------------------------------------------------
 def load_safetensors_folder(folder: str | Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """All tensors of ``model.safetensors`` or of a sharded ``model.safetensors.index.json``."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError, safe_open
 
     folder = Path(folder)
     single = folder / "model.safetensors"
@@ -60,11 +59,15 @@ def load_safetensors_folder(folder: str | Path, dtype: torch.dtype) -> dict[str,
         if not f.exists():
             raise ModelLoadError(f"{f}: weight shard missing")
         try:
-            tensors = load_file(str(f))
+            # one stored tensor at a time: a float32 file loaded as bfloat16 never holds all of
+            # its float32 values at once
+            with safe_open(str(f), framework="pt") as handle:
+                for name in handle.keys():
+                    t = handle.get_tensor(name)
+                    out[name] = t if t.dtype == dtype else t.to(dtype)
+                    del t
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"{f}: cannot read safetensors ({exc})") from exc
-        for name, t in tensors.items():
-            out[name] = t if t.dtype == dtype else t.to(dtype)
     return out
 
 
