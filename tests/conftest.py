@@ -138,8 +138,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
-    yield  # the item's fixtures (and the module's, when it ends here) are torn down
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    # after the whole protocol: the item's fixtures (and its module's, when the module ends here)
+    # are torn down and pytest has dropped the item's references to their values
+    yield
     pool = item.config.stash.get(MODEL_POOL_KEY, None)
     if pool is not None:
         pool.finished(item)

@@ -179,3 +179,32 @@ def test_engine_prompts() -> None:
             CompletionRequest(model="m", prompt=prompt).engine_prompt()
         assert info.value.status == 400 and info.value.param == param
     assert CompletionRequest(model="m", prompt="p", stream_options={"include_usage": True}).include_usage
+
+
+def test_a_closed_server_keeps_no_reference_to_its_model(qwen_tokenizer) -> None:
+    """FastAPI caches endpoint functions at module level; routes that closed over the LLM kept
+    every served model resident after its app was gone (found by the suite's memory report)."""
+    import gc
+    import weakref
+
+    import httpx
+
+    from tests.server.support import TINY_QWEN, running_server
+    from tritonlm.model.qwen2 import Qwen2ForCausalLM
+    from tritonlm.runtime.llm import LLM
+
+    model = Qwen2ForCausalLM.random(TINY_QWEN, seed=0)
+    alive = weakref.ref(model)
+    llm = LLM.from_loaded((model, qwen_tokenizer), max_num_seqs=4)
+    del model
+    with running_server(llm, "tiny") as url:
+        for path in ("/health", "/metrics", "/v1/models"):
+            assert httpx.get(url + path, timeout=30).status_code == 200
+        body = {"model": "tiny", "prompt": "hi", "max_tokens": 3}
+        assert httpx.post(url + "/v1/completions", json=body, timeout=30).status_code == 200
+        chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+        assert httpx.post(url + "/v1/chat/completions", json=chat, timeout=30).status_code == 200
+    llm.close()
+    del llm
+    gc.collect()
+    assert alive() is None

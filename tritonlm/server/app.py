@@ -64,6 +64,44 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_from(exc).response()
 
 
+def _server(request: Request) -> Server:
+    server: Server = request.app.state.server
+    return server
+
+
+def _install_routes(app: FastAPI) -> None:
+    @app.get("/health")
+    async def health(http: Request) -> JSONResponse:
+        ok, reason = _server(http).health()
+        if ok:
+            return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "unhealthy", "reason": reason}, status_code=503)
+
+    @app.get("/metrics")
+    async def metrics(http: Request) -> PlainTextResponse:
+        return PlainTextResponse(_server(http).metrics_text(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models(http: Request) -> dict[str, Any]:
+        server = _server(http)
+        card = {
+            "id": server.model_name,
+            "object": "model",
+            "created": int(server.counters.started),
+            "owned_by": "tritonlm",
+            "max_model_len": server.llm.max_model_len,
+        }
+        return {"object": "list", "data": [card]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatCompletionRequest, http: Request) -> Any:
+        return await _server(http).handle(req, http.app.state.shapes["chat"], http)
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, http: Request) -> Any:
+        return await _server(http).handle(req, http.app.state.shapes["completion"], http)
+
+
 def build_app(
     llm: LLM,
     model_name: str,
@@ -80,45 +118,17 @@ def build_app(
     """
     hosts = host_set(allowed_hosts)
     max_bytes = check_max_request_bytes(max_request_bytes)
-    server = Server(llm, model_name)
-    chat_shape, completion_shape = ChatShape(llm.tokenizer), CompletionShape(llm.tokenizer)
     app = FastAPI(title="tritonlm", version="0.1.0")
-    app.state.server = server
+    # The routes find what they serve on the app, not in closures: FastAPI keeps every endpoint
+    # function in module-level caches, so a closure over the LLM would keep its model alive for
+    # the life of the process after this app is gone.
+    app.state.server = Server(llm, model_name)
+    app.state.shapes = {"chat": ChatShape(llm.tokenizer), "completion": CompletionShape(llm.tokenizer)}
     _install_error_handlers(app)
     # the last added runs first: the Host and key checks answer before any body byte is read
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
     app.add_middleware(AccessGuard, api_key=api_key, allowed_hosts=hosts)
-
-    @app.get("/health")
-    async def health() -> JSONResponse:
-        ok, reason = server.health()
-        if ok:
-            return JSONResponse({"status": "ok"})
-        return JSONResponse({"status": "unhealthy", "reason": reason}, status_code=503)
-
-    @app.get("/metrics")
-    async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(server.metrics_text(), media_type="text/plain; version=0.0.4")
-
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        card = {
-            "id": model_name,
-            "object": "model",
-            "created": int(server.counters.started),
-            "owned_by": "tritonlm",
-            "max_model_len": llm.max_model_len,
-        }
-        return {"object": "list", "data": [card]}
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(req: ChatCompletionRequest, http: Request) -> Any:
-        return await server.handle(req, chat_shape, http)
-
-    @app.post("/v1/completions")
-    async def completions(req: CompletionRequest, http: Request) -> Any:
-        return await server.handle(req, completion_shape, http)
-
+    _install_routes(app)
     return app
 
 
