@@ -33,7 +33,9 @@ os.environ["HF_HOME"] = str(SESSION_CACHE_ROOT / "huggingface")
 import hypothesis  # noqa: E402
 import pytest  # noqa: E402
 
-from tests.memreport import return_free_memory  # noqa: E402
+from tests.memreport import fix_mmap_threshold, return_free_memory  # noqa: E402
+
+fix_mmap_threshold()
 
 pytest_plugins = ["tests.memreport"]
 

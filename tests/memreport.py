@@ -28,6 +28,20 @@ def _peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+
+
+def fix_mmap_threshold(nbytes: int = 4 << 20) -> None:
+    """Serve every allocation of ``nbytes`` or more (a tensor of a real model: weights, packs,
+    activations of a prefill) from its own mapping, returned to the system when freed. glibc
+    otherwise raises this threshold up to 32 MiB as large blocks are freed, after which freed
+    tensors stay in the heap, resident, and the suite's peak grows model by model."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, nbytes)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def return_free_memory() -> None:
     """Collect garbage and hand the heap's free pages back to the system (glibc
     ``malloc_trim``): freed tensors below glibc's mmap threshold, which rises as large blocks

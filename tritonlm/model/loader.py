@@ -15,7 +15,7 @@ Imports point one way (this module is the top of the model package's loading pat
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,10 +37,48 @@ from tritonlm.threads import call_on_fresh_thread
 # ---------------------------------------------------------------------------------------------
 # HF folders
 # ---------------------------------------------------------------------------------------------
-def load_safetensors_folder(folder: str | Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """All tensors of ``model.safetensors`` or of a sharded ``model.safetensors.index.json``."""
-    from safetensors import SafetensorError, safe_open
+class _SafetensorsState(Mapping[str, torch.Tensor]):
+    """The tensors of safetensors files, each read (and cast to ``dtype``) when looked up, so a
+    model built from it never holds a second copy of its weights: a float32 file loaded as
+    bfloat16 holds one float32 tensor at a time. Each lookup maps the file afresh and unmaps it
+    after (a mapping kept open would keep every page read so far resident)."""
 
+    def __init__(self, files: list[Path], dtype: torch.dtype) -> None:
+        from safetensors import SafetensorError, safe_open
+
+        self._dtype = dtype
+        self._where: dict[str, Path] = {}
+        for f in files:
+            if not f.exists():
+                raise ModelLoadError(f"{f}: weight shard missing")
+            try:
+                with safe_open(str(f), framework="pt") as handle:
+                    names = list(handle.keys())
+            except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+                raise ModelLoadError(f"{f}: cannot read safetensors ({exc})") from exc
+            self._where.update(dict.fromkeys(names, f))
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        from safetensors import SafetensorError, safe_open
+
+        path = self._where[name]
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                t = handle.get_tensor(name)
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"{path}: cannot read {name} ({exc})") from exc
+        return t if t.dtype == self._dtype else t.to(self._dtype)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
+def load_safetensors_folder(folder: str | Path, dtype: torch.dtype) -> Mapping[str, torch.Tensor]:
+    """The tensors of ``model.safetensors`` or of a sharded ``model.safetensors.index.json``, in
+    ``dtype``, read from disk as each is looked up (headers checked here)."""
     folder = Path(folder)
     single = folder / "model.safetensors"
     index = folder / "model.safetensors.index.json"
@@ -54,21 +92,7 @@ def load_safetensors_folder(folder: str | Path, dtype: torch.dtype) -> dict[str,
         files = [folder / f for f in sorted(set(weight_map.values()))]
     else:
         raise ModelLoadError(f"{folder}: no model.safetensors or model.safetensors.index.json")
-    out: dict[str, torch.Tensor] = {}
-    for f in files:
-        if not f.exists():
-            raise ModelLoadError(f"{f}: weight shard missing")
-        try:
-            # one stored tensor at a time: a float32 file loaded as bfloat16 never holds all of
-            # its float32 values at once
-            with safe_open(str(f), framework="pt") as handle:
-                for name in handle.keys():
-                    t = handle.get_tensor(name)
-                    out[name] = t if t.dtype == dtype else t.to(dtype)
-                    del t
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise ModelLoadError(f"{f}: cannot read safetensors ({exc})") from exc
-    return out
+    return _SafetensorsState(files, dtype)
 
 
 def quantize_state_dict(
