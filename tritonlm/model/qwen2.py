@@ -175,13 +175,15 @@ class Qwen2ForCausalLM:
         """id(weight or bias) -> (bf16 pack, float32 pack) for :meth:`linear` (biases unpacked)."""
         reorder = torch.ops.mkldnn._reorder_linear_weight
         packed: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # the head first: its float32 copy (the largest, [vocab, hidden]) is then made while no
+        # other pack is resident yet, so the load's peak is the packs' total, not that plus it
+        if isinstance(self.lm_head, torch.Tensor):
+            packed[id(self.lm_head)] = (reorder(self.lm_head, None), reorder(self.lm_head.float(), None))
         for lw in self.layers:
             for w in (lw.qkv_weight, lw.o_weight, lw.gate_up_weight, lw.down_weight):
                 if isinstance(w, torch.Tensor):
                     packed[id(w)] = (reorder(w, None), reorder(w.float(), None))
             packed[id(lw.qkv_bias)] = (lw.qkv_bias, lw.qkv_bias.float())
-        if isinstance(self.lm_head, torch.Tensor):
-            packed[id(self.lm_head)] = (reorder(self.lm_head, None), reorder(self.lm_head.float(), None))
         self._packed = packed
 
     def linear(
