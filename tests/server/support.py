@@ -120,3 +120,66 @@ def running_app(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+SERVE_CHILD = """
+import json, os, sys
+os.environ.setdefault("TRITON_INTERPRET", "1")
+import uvicorn
+from tests.server.support import TINY_QWEN
+from tritonlm.model.qwen2 import Qwen2ForCausalLM
+from tritonlm.model.tokenizer import Tokenizer
+from tritonlm.runtime.config import RequestLimits
+from tritonlm.runtime.llm import LLM
+from tritonlm.server import build_app
+
+port, tokenizer_dir, model_name = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+options = json.loads(sys.argv[4])
+limits = options.pop("limits", None)
+if limits is not None:
+    options["limits"] = RequestLimits(**limits)
+tokenizer = Tokenizer.from_dir(tokenizer_dir, vocab_size=151936)
+llm = LLM.from_loaded((Qwen2ForCausalLM.random(TINY_QWEN, seed=0), tokenizer), **options)
+uvicorn.run(build_app(llm, model_name), host="127.0.0.1", port=port, log_level="warning")
+"""
+
+
+@contextmanager
+def tiny_server_process(tokenizer_dir, model_name: str, **engine_options) -> Iterator[str]:
+    """:func:`tiny_llm` behind the server in a child process of its own, as a deployed server
+    runs: its timing is not the test process's, whose GIL it would otherwise share with every
+    thread the suite has running. ``limits``: RequestLimits fields as a dict. Yields the base URL."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import httpx
+
+    port = free_port()
+    repo = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "-c", SERVE_CHILD, str(port), str(tokenizer_dir), model_name, json.dumps(engine_options)]
+    proc = subprocess.Popen(cmd, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the test server exited with {proc.returncode}")
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start in 120 s")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
