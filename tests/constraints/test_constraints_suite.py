@@ -4,11 +4,32 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
+from pathlib import Path
 
 import pytest
 
 from tests.constraints.support.suite import run_suite
+
+# The cases that do not compile, pinned (file / case description): a case that stops compiling is
+# a regression, one that starts compiling is progress; either way this list changes with it.
+# Regenerate with: PIN_SUITE=1 pytest -m slow tests/constraints/test_constraints_suite.py
+PINNED = Path(__file__).parent / "support" / "suite_not_compiled.json"
+
+
+def _check_pinned(key: str, cases: list[str]) -> None:
+    pinned = json.loads(PINNED.read_text()) if PINNED.exists() else {}
+    if os.environ.get("PIN_SUITE") == "1":
+        pinned[key] = sorted(cases)
+        PINNED.write_text(json.dumps(pinned, indent=1, sort_keys=True) + "\n")
+    expected = set(pinned.get(key, ()))
+    assert expected, f"no pinned list for {key} in {PINNED}"
+    got = set(cases)
+    assert got == expected, {
+        "no longer compile (regression)": sorted(got - expected),
+        "now compile (update the pin)": sorted(expected - got),
+    }
 
 
 def _report(title: str, counts) -> str:
@@ -30,8 +51,8 @@ def test_suite_json_dumps_default(qwen_tokenizer) -> None:
         qwen_tokenizer, qwen_tokenizer.encode, whitespace="flexible", escapes="any", dumps=json.dumps, check_mask=False
     )
     warnings.warn(_report("json.dumps default", counts), stacklevel=1)  # shown in the summary
-    assert counts.compiled > 0.6 * counts.cases, _report("json.dumps default", counts)
     assert not counts.failures, _report("json.dumps default", counts)
+    _check_pinned("json.dumps default", counts.not_compiled_cases)
 
 
 @pytest.mark.slow
@@ -47,5 +68,5 @@ def test_suite_compact_canonical_with_masks(qwen_tokenizer) -> None:
         check_mask=True,
     )
     warnings.warn(_report("compact canonical + masks", counts), stacklevel=1)
-    assert counts.compiled > 0.6 * counts.cases, _report("compact canonical", counts)
     assert not counts.failures, _report("compact canonical", counts)
+    _check_pinned("compact canonical", counts.not_compiled_cases)

@@ -299,11 +299,16 @@ def test_unavailable_without_compiler(lib, monkeypatch: pytest.MonkeyPatch) -> N
     qw = make_weight(40, 64, 8, 32, False, torch.Generator().manual_seed(0))
     with pytest.raises(cpu_quant.CpuKernelUnavailable):
         cpu_quant.pack(qw)
-    # the caller's fallback: the torch reference
-    x = torch.randn(3, 64)
-    weight = cpu_quant.pack(qw) if cpu_quant.available() else qw
-    y = cpu_quant.linear(x, weight) if isinstance(weight, cpu_quant.CpuQuantWeight) else quant_linear(x, weight)
-    assert torch.equal(y, quant_linear(x, qw))
+    # the backend's entry points fall back to the torch reference, and it is right: against the
+    # dequantized weight in float64
+    monkeypatch.setattr(_native, "_WARNED", set())
+    weight = cpu_quant.pack_quant_weight(qw)
+    assert weight is qw and not isinstance(weight, cpu_quant.CpuQuantWeight)
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(1))
+    bias = torch.randn(40, generator=torch.Generator().manual_seed(2))
+    y = cpu_quant.quant_linear(x, weight, bias)
+    ref = x.double() @ qw.dequantize(torch.float32).double().T + bias.double()
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_unavailable_when_the_build_fails(lib, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

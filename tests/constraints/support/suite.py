@@ -110,6 +110,7 @@ class SuiteCounts:
     passed: int = 0
     failures: list[str] = field(default_factory=list)
     not_compiled_reasons: dict[str, int] = field(default_factory=dict)
+    not_compiled_cases: list[str] = field(default_factory=list)  # "file / case description"
     skip_reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -156,6 +157,7 @@ def run_suite(
                 counts.not_compiled += 1
                 key = str(exc).split(" at ")[0]
                 counts.not_compiled_reasons[key] = counts.not_compiled_reasons.get(key, 0) + 1
+                counts.not_compiled_cases.append(f"{name} / {desc}")
                 continue
             counts.compiled += 1
             for test in case["tests"]:
