@@ -88,7 +88,8 @@ def workload() -> list[tuple[str, dspy.Module, dict[str, Any]]]:
 def load_llm() -> LLM:
     from tritonlm.model.loader import load_model
 
-    return LLM.from_loaded(load_model("default", dtype="bfloat16", backend="torch"), max_num_seqs=64)
+    # dense bfloat16 weights, the configuration its RESULTS rows name ("default" alone is the GGUF's quantized weights)
+    return LLM.from_loaded(load_model("default", dtype="bfloat16", backend="torch", quantization=None), max_num_seqs=64)
 
 
 def run_calls(lm: dspy.LM, adapter: dspy.Adapter, calls: list[Any], threads: int = 60) -> dict[str, Any]:

@@ -214,7 +214,8 @@ def main() -> None:
     from tritonlm.model.loader import load_model
 
     print("adapter overhead:", adapter_overhead())
-    loaded = load_model("default", dtype="bfloat16", backend="torch")
+    # dense bfloat16 weights, the configuration its RESULTS rows name ("default" alone is the GGUF's quantized weights)
+    loaded = load_model("default", dtype="bfloat16", backend="torch", quantization=None)
     provider = make_local_provider(loaded)
     try:
         print(f"{CONCURRENT_CALLS} calls:", concurrent_vs_sequential(provider))

@@ -30,7 +30,8 @@ PROMPT = "def quicksort(items):\n    "
 def load_default() -> Any:
     from tritonlm.model.loader import load_model
 
-    return load_model("default", dtype="bfloat16", backend="torch")
+    # dense bfloat16 weights, the configuration its RESULTS rows name ("default" alone is the GGUF's quantized weights)
+    return load_model("default", dtype="bfloat16", backend="torch", quantization=None)
 
 
 def make_engine(loaded: Any, **options: Any) -> Engine:
