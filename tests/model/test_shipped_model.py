@@ -29,28 +29,39 @@ def _first_difference(a: list[int], b: list[int]) -> int | None:
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
 
 
+def _prompt(tok, question: str) -> list[int]:
+    return tok.encode(tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True))
+
+
+@pytest.fixture(scope="module")
+def twin_reference(default_model_f32) -> dict:
+    """The twin's perplexity over the text and greedy tokens per chat, computed once for both cases."""
+    twin, tok = default_model_f32.model, default_model_f32.tokenizer
+    ids = text_ids(tok)[:TEXT_TOKENS]
+    greedy = {q: list(greedy_tokens(twin, _prompt(tok, q), GREEDY_TOKENS)) for q in CHATS}
+    return {"ids": ids, "perplexity": perplexity(twin, ids), "greedy": greedy}
+
+
 @pytest.mark.parametrize("activations", ["float32", "bfloat16"])
-def test_shipped_model_tracks_its_dequantized_float32_twin(default_model_f32, activations: str) -> None:
+def test_shipped_model_tracks_its_dequantized_float32_twin(twin_reference, activations: str) -> None:
     # dtype "auto" is float32 on the CPU: the first case is exactly what LLM("default") loads
     shipped = load_model("default", dtype="auto" if activations == "float32" else activations)
     try:
-        model, twin = shipped.model, default_model_f32.model
+        model = shipped.model
         assert model.dtype == getattr(torch, activations)
         # the C++ kernel's packed layout, not the torch reference (which would pass trivially)
         for lw in model.layers:
             assert isinstance(lw.qkv_weight, CpuQuantWeight) and isinstance(lw.down_weight, CpuQuantWeight)
         tok = shipped.tokenizer
-        ids = text_ids(tok)[:TEXT_TOKENS]
-        assert len(ids) == TEXT_TOKENS
-        ppl, ppl_twin = perplexity(model, ids), perplexity(twin, ids)
+        ids = twin_reference["ids"]
+        assert len(ids) == TEXT_TOKENS and text_ids(tok)[:TEXT_TOKENS] == ids
+        ppl, ppl_twin = perplexity(model, ids), twin_reference["perplexity"]
         rel_bound, min_same = BOUNDS[activations]
         report = [f"{activations}: perplexity {ppl:.4f} vs twin {ppl_twin:.4f} (ratio {ppl / ppl_twin:.4f})"]
         same = 0
         for question in CHATS:
-            chat = [{"role": "user", "content": question}]
-            prompt = tok.encode(tok.apply_chat_template(chat, add_generation_prompt=True))
-            ours = list(greedy_tokens(model, prompt, GREEDY_TOKENS))
-            theirs = list(greedy_tokens(twin, prompt, GREEDY_TOKENS))
+            ours = list(greedy_tokens(model, _prompt(tok, question), GREEDY_TOKENS))
+            theirs = twin_reference["greedy"][question]
             same += ours == theirs
             first = _first_difference(ours, theirs)
             where = "identical" if first is None else f"first difference at token {first}"
