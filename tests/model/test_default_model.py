@@ -29,24 +29,35 @@ def _digest(tensor: torch.Tensor) -> tuple[str, tuple[int, ...], str]:
     return str(tensor.dtype), tuple(tensor.shape), hashlib.sha256(memoryview(raw)).hexdigest()
 
 
+def _hf_reference(gguf_path, dtype: torch.dtype, tok, new_tokens: int, with_digests: bool = False) -> dict:
+    """HF transformers on the same GGUF in ``dtype``: greedy tokens per chat prompt (and, with
+    ``with_digests``, each weight's digest); the model is freed before this returns."""
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=dtype
+    ).eval()
+    out: dict = {}
+    if with_digests:
+        out["digests"] = {name: _digest(tensor) for name, tensor in model.state_dict().items()}
+    eos = tok.eos_token_ids
+    out["greedy"] = [
+        _until_eos(
+            _hf_greedy(model, tok.encode(tok.apply_chat_template([{"role": "user", "content": p}])), new_tokens, eos),
+            eos,
+        )
+        for p in CHAT_PROMPTS
+    ]
+    del model
+    return_free_memory()
+    return out
+
+
 @pytest.fixture(scope="module")
 def hf_f32_reference(default_gguf_path, qwen_tokenizer) -> dict:
     """What the float32 tests compare with, from HF transformers loading the same GGUF: every
     weight's dtype, shape and sha256 of its bytes (equal digests: bitwise equal tensors) and the
     first 48 greedy tokens per chat prompt. The HF model is freed before the tests load ours, so
     both are never resident together."""
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(default_gguf_path.parent), gguf_file=default_gguf_path.name, dtype=torch.float32
-    ).eval()
-    digests = {name: _digest(tensor) for name, tensor in model.state_dict().items()}
-    tok, eos = qwen_tokenizer, qwen_tokenizer.eos_token_ids
-    greedy = []
-    for prompt in CHAT_PROMPTS:
-        ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": prompt}]))
-        greedy.append(_until_eos(_hf_greedy(model, ids, 48, eos), eos))
-    del model
-    return_free_memory()
-    return {"digests": digests, "greedy": greedy}
+    return _hf_reference(default_gguf_path, torch.float32, qwen_tokenizer, 48, with_digests=True)
 
 
 @pytest.fixture(scope="module")
@@ -92,17 +103,7 @@ def hf_bf16_greedy(default_gguf_path, qwen_tokenizer) -> list[list[int]]:
     """HF transformers' first 16 greedy tokens per chat prompt in bfloat16 (the GGUF loaded as
     bfloat16: its float32 dequantization rounded, as ``.to(torch.bfloat16)`` does). Computed and
     the HF model freed before the test loads ours, so both are never resident together."""
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(default_gguf_path.parent), gguf_file=default_gguf_path.name, dtype=torch.bfloat16
-    ).eval()
-    tok, eos = qwen_tokenizer, qwen_tokenizer.eos_token_ids
-    tokens = []
-    for prompt in CHAT_PROMPTS:
-        ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": prompt}]))
-        tokens.append(_until_eos(_hf_greedy(model, ids, 16, eos), eos))
-    del model
-    return_free_memory()
-    return tokens
+    return _hf_reference(default_gguf_path, torch.bfloat16, qwen_tokenizer, 16)["greedy"]
 
 
 def test_bfloat16_first_16_tokens_match_hf_on_4_of_5(hf_bf16_greedy, default_model):
