@@ -77,28 +77,13 @@ def recording_server(llm: LLM, model_name: str) -> Iterator[RecordingServer]:
 @contextmanager
 def running_server(llm: LLM, model_name: str, configure=None) -> Iterator[str]:
     """Yields the base URL (``http://127.0.0.1:PORT``) while the server runs."""
-    import uvicorn
-
     from tritonlm.server import build_app
 
-    port = free_port()
     app = build_app(llm, model_name)
     if configure is not None:
         configure(app)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with running_app(app) as url:
+        yield url
 
 
 @contextmanager
